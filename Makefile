@@ -1,0 +1,33 @@
+# The two commands the README gives: `make demo` (install + run the main job on the embedded
+# default) and `make test` (install + run the tests). Both create .venv on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install install-dev test lint demo bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[broker]"
+
+install-dev: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[broker,training,dev]"
+
+lint: install-dev
+	$(BIN)/ruff check broker_plugin training tests benchmarks
+
+test: install-dev
+	$(BIN)/ruff check broker_plugin training tests benchmarks
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/bal-broker demo
+
+bench: install-dev
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

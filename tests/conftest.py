@@ -1,0 +1,35 @@
+"""Shared fixtures. Real alert files live in ../shared/data beside the checkout (CI has it there);
+tests that need them skip with a clear reason when it is absent, e.g. on a user's machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("BAL_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real public alerts, schemas and catalogues (../shared/data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ztf_alert_dir(shared_data: Path) -> Path:
+    return shared_data / "ztf" / "alerts"
+
+
+@pytest.fixture(scope="session")
+def ztf_alert_files(ztf_alert_dir: Path) -> list[Path]:
+    return sorted(ztf_alert_dir.glob("*.avro"))
+
+
+@pytest.fixture(scope="session")
+def lsst_alert_files(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / "lsst" / "alerts").glob("*.avro"))
