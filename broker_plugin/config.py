@@ -1,0 +1,263 @@
+"""Typed service configuration: YAML plus environment overrides, validated in one place.
+
+Why one place: operators deploy the service from a ConfigMap and a Secret, and a typo must stop
+the service at start-up with one line naming the key, not surface as a librdkafka error an hour
+later. Every section is a frozen dataclass; :func:`load_config` checks unknown keys, types and
+ranges and raises :class:`~broker_plugin.errors.ConfigError` (exit status 2).
+
+Environment overrides use ``BAL_BROKER__SECTION__KEY`` (double underscores separate levels), e.g.
+``BAL_BROKER__KAFKA__BOOTSTRAP_SERVERS=kafka:9092`` or ``BAL_BROKER__KAFKA__SASL_PASSWORD=...``;
+values are parsed as YAML scalars so numbers and booleans keep their types. Secrets should come
+from the environment (a Kubernetes Secret), never from the committed YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_PREFIX = "BAL_BROKER__"
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where to read and write. Topic names follow the DESIGN.md contract."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "bal-broker"
+    input_topics: tuple[str, ...] = ()
+    #: A regular expression (librdkafka subscribes to ``^``-prefixed names as patterns), e.g.
+    #: ``^ztf_\\d{8}_programid1$`` for the daily ZTF topics. Used in addition to input_topics.
+    input_pattern: str | None = None
+    output_topic: str = "bal-annotated"
+    candidate_topic: str = "bal-candidates"
+    dlq_topic: str = "bal-dlq"
+    #: Transactions (consume-transform-produce atomically) instead of at-least-once.
+    exactly_once: bool = False
+    #: Start from the earliest offset when the group has no committed offset.
+    auto_offset_reset: str = "earliest"
+    session_timeout_ms: int = 6000
+    #: librdkafka security settings; secrets are redacted from every log line.
+    security_protocol: str = "PLAINTEXT"
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    #: Extra librdkafka properties, passed through verbatim (operators' escape hatch).
+    consumer_extra: Mapping[str, Any] = field(default_factory=dict)
+    producer_extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Confluent schema registry for wire-format output and unknown input schema ids (optional).
+    schema_registry_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ProcessingConfig:
+    """Micro-batching, candidate selection and the error budget."""
+
+    batch_size: int = 500
+    batch_timeout_s: float = 0.5
+    candidate_threshold: float = 0.5
+    #: Drop the three cutouts from the annotated output to save bandwidth (they stay in the input).
+    drop_cutouts: bool = False
+    #: Stop with a clear message when more than error_max messages fail within error_window_s.
+    error_max: int = 1000
+    error_window_s: float = 60.0
+    #: Optional replay window (ISO-8601 or epoch milliseconds), resolved with offsets_for_times.
+    time_from: str | None = None
+    time_to: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """The model bundle; ``None`` means the default bundle shipped inside the package."""
+
+    bundle: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    metrics_port: int = 9108  # 0 disables the Prometheus endpoint
+    log_level: str = "INFO"
+    log_format: str = "json"  # "json" for log shippers, "text" for people
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    processing: ProcessingConfig = field(default_factory=ProcessingConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _validate(cfg: ServiceConfig) -> None:
+    k, p, o = cfg.kafka, cfg.processing, cfg.observability
+    if not k.input_topics and not k.input_pattern:
+        raise ConfigError("kafka: set input_topics or input_pattern (nothing to consume)")
+    if k.input_pattern is not None:
+        try:
+            re.compile(k.input_pattern)
+        except re.error as exc:
+            raise ConfigError(f"kafka.input_pattern is not a valid regular expression: {exc}") from None
+    if k.auto_offset_reset not in ("earliest", "latest"):
+        raise ConfigError("kafka.auto_offset_reset must be 'earliest' or 'latest'")
+    if k.security_protocol.upper() not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+        raise ConfigError(f"kafka.security_protocol {k.security_protocol!r} is not one of PLAINTEXT, SSL, "
+                          "SASL_PLAINTEXT, SASL_SSL")
+    if k.security_protocol.upper().startswith("SASL") and not (k.sasl_mechanism and k.sasl_username):
+        raise ConfigError("kafka: SASL needs sasl_mechanism and sasl_username (password from the environment)")
+    for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+        value = getattr(k, name)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"kafka.{name}: file not found: {value}")
+    if len({k.output_topic, k.candidate_topic, k.dlq_topic}) != 3:
+        raise ConfigError("kafka: output_topic, candidate_topic and dlq_topic must be three different topics")
+    if p.batch_size < 1 or p.batch_size > 100_000:
+        raise ConfigError("processing.batch_size must be between 1 and 100000")
+    if p.batch_timeout_s <= 0:
+        raise ConfigError("processing.batch_timeout_s must be positive")
+    if not 0.0 <= p.candidate_threshold <= 1.0:
+        raise ConfigError("processing.candidate_threshold must be in [0, 1]")
+    if p.error_max < 0 or p.error_window_s <= 0:
+        raise ConfigError("processing.error_max must be >= 0 and error_window_s > 0")
+    if not 0 <= o.metrics_port <= 65535:
+        raise ConfigError("observability.metrics_port must be 0 (off) or a TCP port")
+    if o.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("observability.log_level must be DEBUG, INFO, WARNING or ERROR")
+    if o.log_format not in ("json", "text"):
+        raise ConfigError("observability.log_format must be 'json' or 'text'")
+    if cfg.models.bundle is not None and not Path(cfg.models.bundle).is_dir():
+        raise ConfigError(f"models.bundle: not a directory: {cfg.models.bundle}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert only lossless, obvious cases."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list of strings, got {type(value).__name__}")
+        return tuple(_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - programming error
+
+
+def _type_name(tp: Any) -> str:
+    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp)) or str(tp)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'configuration'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown configuration key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if len(path) < 2:
+            raise ConfigError(f"environment override {key}: use {ENV_PREFIX}SECTION__KEY")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment override {key}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Read YAML (if given), apply ``overrides`` (nested dict) and environment variables, validate.
+
+    Raises ConfigError with one line naming the problem: unreadable file, bad YAML, unknown key,
+    wrong type or out-of-range value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"configuration file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"configuration file {p} is not valid YAML{at}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {p} must hold a mapping at the top level")
+        data = loaded or {}
+    for section, values in (overrides or {}).items():
+        if isinstance(values, Mapping):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    data = _apply_env(data, os.environ if environ is None else environ)
+    return _build(ServiceConfig, data, "")
