@@ -37,6 +37,7 @@ DECODE_REASONS = (
     "missing_field",  # a required alert field is absent or null
     "bad_value",  # a required field holds an impossible value
     "multiple_records",  # a container with other than one alert where one is expected
+    "too_large",  # message or decompressed block above the decoder's size limit (corrupt length or bomb)
 )
 
 

@@ -33,3 +33,18 @@ def ztf_alert_files(ztf_alert_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def lsst_alert_files(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "lsst" / "alerts").glob("*.avro"))
+
+
+# --- decode / light-curve fixtures (appended by the decoder work) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def ztf_rewritten_files(shared_data: Path) -> list[Path]:
+    """Spark-rewritten ZTF containers (record name topLevelRecord, snappy codec)."""
+    return sorted((shared_data / "ztf" / "alerts_rewritten").glob("*.avro"))
+
+
+@pytest.fixture(scope="session")
+def lsst_rewritten_files(shared_data: Path) -> list[Path]:
+    """Fink/Spark-rewritten Rubin containers (topLevelRecord, extra Fink columns)."""
+    return sorted((shared_data / "lsst" / "alerts_rewritten").glob("*.avro"))

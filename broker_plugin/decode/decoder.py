@@ -1,0 +1,146 @@
+"""The decoder: bytes -> format -> writer schema -> record -> survey -> :class:`Alert`.
+
+Formats are told apart by their first bytes, per message: an Avro object container starts with
+``b"Obj\\x01"`` (ZTF, archives, Spark/Fink rewrites); a Confluent wire-format message with 0x00 and a
+4-byte big-endian schema id (Rubin's Kafka stream, id = major*100 + minor). The survey is then told
+from the record's fields, never from the schema name (rewritten files call every record
+``topLevelRecord``).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+from ..alert import Alert
+from ..errors import DecodeError
+from .avro import CONTAINER_MAGIC, WIRE_MAGIC, container_blocks, decompress, read_container_header, read_records
+from .rubin import LSST_META_FIELDS, rubin_alert
+from .schemas import RegistryClient, WriterSchema, embedded_schema, packaged_lsst_schema
+from .ztf import ZTF_META_FIELDS, ztf_alert
+
+#: Every key of :attr:`Alert.meta`, in a fixed order, for both surveys (the other survey's fields are
+#: NaN), so that a ranking head can build one fixed-length vector from any alert.
+META_FIELDS: tuple[str, ...] = ZTF_META_FIELDS + LSST_META_FIELDS
+
+#: Largest message (and largest decompressed container block) accepted. Real alerts are 10 kB - 1 MB;
+#: the bound keeps a corrupt length field or a compression bomb from exhausting memory.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_ZTF_KEYS = frozenset(("objectId", "candid", "candidate"))
+_LSST_KEYS = frozenset(("diaSource", "prvDiaSources", "diaObject", "prvDiaForcedSources"))
+_NAN_META = dict.fromkeys(META_FIELDS, math.nan)
+_WIRE_HEADER = struct.Struct(">BI")
+
+
+def detect_survey(record: Any) -> str:
+    """'ztf' or 'lsst' from a record's top-level fields; DecodeError(unknown_alert_type) otherwise."""
+    if not isinstance(record, dict):
+        raise DecodeError(f"decoded datum is a {type(record).__name__}, not an alert record",
+                          reason="unknown_alert_type")
+    is_ztf = not _ZTF_KEYS.isdisjoint(record)
+    is_lsst = not _LSST_KEYS.isdisjoint(record)
+    if is_ztf and not is_lsst:
+        return "ztf"
+    if is_lsst and not is_ztf:
+        return "lsst"
+    raise DecodeError("record is neither a ZTF alert (objectId/candid/candidate) nor a Rubin alert "
+                      "(diaSource/prvDiaSources/diaObject)", reason="unknown_alert_type")
+
+
+def alert_from_record(record: Any, *, schema_version: str | None = None, raw: bytes = b"") -> Alert:
+    """The Alert of an already-decoded record (e.g. a row of a Parquet alert archive).
+
+    The same normalisation as :meth:`Decoder.decode`, so that training on archived records and
+    streaming share one path. ``record`` is kept by reference, not copied.
+    """
+    survey = detect_survey(record)
+    build = ztf_alert if survey == "ztf" else rubin_alert
+    alert = build(record, schema_version=schema_version, raw=raw)
+    alert.meta = {**_NAN_META, **alert.meta}
+    return alert
+
+
+class Decoder:
+    """Decodes alert messages; holds the optional schema-registry fallback and the size bound.
+
+    Parsed schemas are cached process-wide (they are keyed by content, so sharing is safe); only the
+    registry client, whose answers depend on its URL, belongs to the instance.
+    """
+
+    def __init__(self, registry_url: str | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 registry_timeout_s: float = 5.0) -> None:
+        self.registry = RegistryClient(registry_url, registry_timeout_s) if registry_url else None
+        self.max_message_bytes = max_message_bytes
+
+    @property
+    def registry_url(self) -> str | None:
+        return self.registry.url if self.registry else None
+
+    def decode(self, data: bytes) -> Alert:
+        """One message (container with one alert, or wire format) -> Alert, or DecodeError."""
+        records, version = self._records(data, single=True)
+        return alert_from_record(records[0], schema_version=version, raw=bytes(data))
+
+    def records(self, data: bytes) -> list[Any]:
+        """Every record of a container (any number) or the one record of a wire-format message."""
+        return self._records(data, single=False)[0]
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _check_size(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"decode_alert expects bytes, got {type(data).__name__}")
+        if len(data) == 0:
+            raise DecodeError("empty message", reason="empty")
+        if len(data) > self.max_message_bytes:
+            raise DecodeError(f"message of {len(data)} bytes exceeds the {self.max_message_bytes}-byte limit",
+                              reason="too_large")
+
+    def _records(self, data: bytes, *, single: bool) -> tuple[list[Any], str | None]:
+        self._check_size(data)
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if data.startswith(CONTAINER_MAGIC):
+            return self._container(data, single=single)
+        if data[0] == WIRE_MAGIC:
+            if len(data) < _WIRE_HEADER.size:
+                raise DecodeError("wire-format message shorter than its 5-byte header", reason="truncated")
+            _, sid = _WIRE_HEADER.unpack_from(data)
+            ws = self._wire_schema(sid)
+            recs = read_records(data[_WIRE_HEADER.size:], ws.parsed, what=f"wire-format message (schema id {sid})")
+            return recs, ws.version or "{}.{}".format(*divmod(sid, 100))
+        if len(data) < len(CONTAINER_MAGIC) and CONTAINER_MAGIC.startswith(data):
+            raise DecodeError("message ends inside the container magic", reason="truncated")
+        raise DecodeError(f"unknown message format (first bytes {data[:4]!r}): neither an Avro container "
+                          "nor a Confluent wire-format message", reason="bad_magic")
+
+    def _wire_schema(self, sid: int) -> WriterSchema:
+        ws = packaged_lsst_schema(sid)
+        if ws is not None:
+            return ws
+        if self.registry is not None:
+            return self.registry.get(sid)
+        raise DecodeError(f"schema id {sid} is not shipped by lsst-alert-packet and no schema registry is "
+                          "configured (decode.configure(registry_url=...))", reason="unknown_schema_id")
+
+    def _container(self, data: bytes, *, single: bool) -> tuple[list[Any], str | None]:
+        header = read_container_header(data)
+        ws = embedded_schema(header.meta_key)
+        blocks = container_blocks(data, header)
+        total = sum(c for c, _ in blocks)
+        if single and total != 1:
+            raise DecodeError(f"container holds {total} records where one alert is expected",
+                              reason="multiple_records")
+        records: list[Any] = []
+        for count, body in blocks:
+            if count == 0:
+                continue
+            body = decompress(ws.codec, body, self.max_message_bytes)
+            if count > len(body):  # every alert record takes at least one byte per record
+                raise DecodeError(f"container block claims {count} records in {len(body)} bytes",
+                                  reason="corrupt_avro")
+            records.extend(read_records(body, ws.parsed, count, what="container block"))
+        return records, ws.version
+
