@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-dev test lint demo bench clean
+.PHONY: install install-dev test lint demo bench bundle clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: install-dev
 
 demo: install
 	$(BIN)/bal-broker demo
+
+# The default model bundle (synthetic data, fixed seed): see scripts/build_default_bundle.sh.
+bundle: install-dev
+	BAL_BROKER=$(BIN)/bal-broker scripts/build_default_bundle.sh
 
 bench: install-dev
 	$(BIN)/python -m benchmarks.run

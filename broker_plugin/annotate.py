@@ -5,7 +5,8 @@ to building the output dict. Replay and the streaming service both call
 :meth:`Annotator.annotate_batch`, so a file replay and the Kafka service produce identical records.
 
 The model stage plugs in through :class:`ModelStage` (``predict(features, alerts) ->
-Predictions``); without one every record says so (``model_version: "none"``, flag
+Predictions``; :class:`broker_plugin.inference.BundleStage` on a model bundle, wired by
+:func:`load_model_stage`); without one every record says so (``model_version: "none"``, flag
 ``no_model_bundle``, null probabilities, ``is_candidate: false``) instead of inventing scores.
 
 Timings are accumulated per batch with :func:`time.perf_counter` (never per alert, which would cost
@@ -65,18 +66,30 @@ class ModelStage(Protocol):
     def predict(self, features: np.ndarray, alerts: Sequence[Alert]) -> Predictions: ...
 
 
-def load_model_stage(path: str | Path | None) -> ModelStage | None:
-    """The model stage for ``--models DIR``; None when no directory was given.
+def load_model_stage(path: str | Path | None, *, candidate_threshold: float | None = None) -> ModelStage | None:
+    """The model stage for ``--models DIR``: the single place where bundles are wired in.
 
-    This is the single place where model bundles get wired into replay (and the service): until
-    the bundle's inference stage exists, asking for one is a clear configuration error rather than
-    a silent run without models.
+    Rule: an explicit ``path`` must be a bundle directory (ConfigError otherwise); ``None`` means the
+    default bundle shipped in ``broker_plugin/bundle/`` when it is present (a fresh install runs with
+    models), and no model stage at all only when the package has no default bundle. Either way the
+    bundle is verified (checksums, feature names and version) by
+    :meth:`~broker_plugin.bundle.ModelBundle.load`, which raises BundleError -- one line, exit 2 in
+    the CLI -- rather than annotate with a model that does not fit this code.
+    ``candidate_threshold`` overrides the manifest's default decision threshold.
     """
+    from broker_plugin.bundle import MANIFEST, ModelBundle, default_bundle_path
+    from broker_plugin.inference import BundleStage
+
     if path is None:
-        return None
-    if not Path(path).is_dir():
-        raise ConfigError(f"model bundle directory not found: {path}")
-    raise ConfigError("model bundles not supported yet: run without --models")
+        default = default_bundle_path()
+        if not (default / MANIFEST).is_file():
+            return None
+        root = default
+    else:
+        root = Path(path)
+        if not root.is_dir():
+            raise ConfigError(f"model bundle directory not found: {path}")
+    return BundleStage(ModelBundle.load(root), candidate_threshold=candidate_threshold)
 
 
 @dataclass

@@ -62,11 +62,11 @@ def test_bad_output_exits_2_with_one_line(
     assert message in _one_error_line(capsys.readouterr().err)
 
 
-def test_models_option_is_accepted_but_refused_for_now(
+def test_models_option_refuses_a_directory_that_is_not_a_bundle(
     few_alerts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["replay", str(few_alerts), "-o", str(tmp_path / "o.jsonl"), "--models", str(few_alerts)]) == 2
-    assert "not supported yet" in _one_error_line(capsys.readouterr().err)
+    assert "manifest.yaml not found" in _one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,232 @@
+"""The runtime model stage (broker_plugin.inference.BundleStage) on the default bundle: the
+too-few-points rule, catalogue matching and fusion, the is_candidate rule, one ONNX run per model
+per batch, the candidate-score hook, the late-fusion fallback, and replay wiring."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from broker_plugin.alert import Alert, LightCurve
+from broker_plugin.annotate import Annotator, load_model_stage
+from broker_plugin.bundle import MANIFEST, ModelBundle, default_bundle_path
+from broker_plugin.errors import BundleError, ConfigError
+from broker_plugin.features import compute_features_batch
+from broker_plugin.inference import (
+    ATT_LC_INPUT,
+    ATT_SPEC_INPUT,
+    FLAG_NO_CANDIDATE_SCORER,
+    FLAG_NO_KNOWN_SPECTRUM,
+    FLAG_SPECTRUM_MATCHED,
+    FLAG_TOO_FEW_POINTS,
+    BundleStage,
+    enough_points,
+)
+from broker_plugin.replay import replay
+
+DEFAULT = default_bundle_path()
+pytestmark = pytest.mark.skipif(not (DEFAULT / MANIFEST).is_file(),
+                                reason="no default bundle in broker_plugin/bundle (run `make bundle`)")
+
+
+def _curve(band: str, n: int, rng: np.random.Generator, base: float = 19.5) -> LightCurve:
+    t = np.sort(58000.0 + rng.uniform(0, 400, n)) if n else np.empty(0)
+    mag = base + 0.2 * np.sin(t / 50.0) + rng.normal(0, 0.03, n)
+    err = np.full(n, 0.03)
+    flux = 10 ** (-0.4 * (mag - 31.4))
+    return LightCurve(band, t, mag, err, flux, flux * err * math.log(10) / 2.5, "dc")
+
+
+def make_alert(i: int, ra: float, dec: float, n_g: int, n_r: int, seed: int = 0) -> Alert:
+    rng = np.random.default_rng(seed + i)
+    curves = {b: _curve(b, k, rng, 19.5 if b == "g" else 19.2) for b, k in (("g", n_g), ("r", n_r)) if k}
+    return Alert(survey="ztf", object_id=f"ZTF{i:08d}", source_id=str(1000 + i), ra=ra, dec=dec, mjd=58500.0,
+                 band="g", schema_version="4.02", record={}, lightcurves=curves)
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return ModelBundle.load()
+
+
+@pytest.fixture(scope="module")
+def stage(bundle: ModelBundle) -> BundleStage:
+    return BundleStage(bundle)
+
+
+def _features(alerts: list[Alert]) -> np.ndarray:
+    return np.asarray(compute_features_batch([a.lightcurves for a in alerts])[0], dtype=np.float64)
+
+
+def test_too_few_points_gives_null_and_a_flag(stage: BundleStage) -> None:
+    counts = [(0, 0), (4, 4), (5, 0), (0, 5), (1, 30), (40, 40)]
+    alerts = [make_alert(i, 10.0 + i, -5.0, g, r) for i, (g, r) in enumerate(counts)]
+    pred = stage.predict(_features(alerts), alerts)
+    expect = [False, False, True, True, True, True]
+    assert enough_points([a.lightcurves for a in alerts], 5).tolist() == expect
+    for i, ok in enumerate(expect):
+        assert pred.flags is not None
+        if ok:
+            assert 0.0 <= pred.bal_lc_prob[i] <= 1.0 and FLAG_TOO_FEW_POINTS not in pred.flags[i]
+        else:
+            assert math.isnan(pred.bal_lc_prob[i]) and FLAG_TOO_FEW_POINTS in pred.flags[i]
+        assert FLAG_NO_KNOWN_SPECTRUM in pred.flags[i] and math.isnan(pred.bal_fusion_prob[i])
+        assert math.isnan(pred.candidate_score[i]) and FLAG_NO_CANDIDATE_SCORER in pred.flags[i]
+
+
+def test_catalogue_match_gives_the_fusion_probability(bundle: ModelBundle, stage: BundleStage) -> None:
+    cat = bundle.catalogue
+    assert cat is not None
+    k = 17
+    ra, dec = float(cat.ra[k]), float(cat.dec[k])
+    off = 0.5 / 3600.0
+    alerts = [
+        make_alert(0, ra + off / math.cos(math.radians(dec)), dec, 30, 30),  # 0.5" away: matched
+        make_alert(1, ra, dec + 3.0 / 3600.0, 30, 30),  # 3" away: not matched
+        make_alert(2, ra, dec - off, 2, 0),  # matched, but too few points: fusion still computed
+    ]
+    X = _features(alerts)
+    pred = stage.predict(X, alerts)
+    assert pred.flags is not None
+    assert FLAG_SPECTRUM_MATCHED in pred.flags[0] and FLAG_NO_KNOWN_SPECTRUM in pred.flags[1]
+    assert FLAG_SPECTRUM_MATCHED in pred.flags[2] and FLAG_TOO_FEW_POINTS in pred.flags[2]
+    assert math.isnan(pred.bal_fusion_prob[1])
+    emb = np.repeat(cat.embedding[k:k + 1], 2, axis=0).astype(np.float32)
+    direct = bundle.sessions["fusion_attention"].run(
+        ["probability"], {ATT_LC_INPUT: X[[0, 2]].astype(np.float32), ATT_SPEC_INPUT: emb})[0].reshape(-1)
+    np.testing.assert_allclose(pred.bal_fusion_prob[[0, 2]], direct, atol=1e-7)
+    # is_candidate uses the fusion probability where known, the light-curve one otherwise
+    decision = np.where(np.isfinite(pred.bal_fusion_prob), pred.bal_fusion_prob, pred.bal_lc_prob)
+    np.testing.assert_array_equal(pred.is_candidate, np.isfinite(decision) & (decision >= stage.threshold))
+
+
+def test_threshold_defaults_to_the_manifest_and_can_be_overridden(bundle: ModelBundle) -> None:
+    alerts = [make_alert(i, 50.0 + i, 10.0, 30, 30) for i in range(8)] + [make_alert(9, 1.0, 1.0, 1, 1)]
+    X = _features(alerts)
+    assert BundleStage(bundle).threshold == bundle.manifest["bundle"]["candidate_threshold"]
+    everything = BundleStage(bundle, candidate_threshold=0.0).predict(X, alerts)
+    assert everything.is_candidate.tolist() == [True] * 8 + [False]  # no probability: never a candidate
+    nothing = BundleStage(bundle, candidate_threshold=1.0).predict(X, alerts)
+    assert not nothing.is_candidate.any()
+    with pytest.raises(BundleError, match="not in \\[0, 1\\]"):
+        BundleStage(bundle, candidate_threshold=1.5)
+
+
+class _Counting:
+    """Wraps an onnxruntime session and counts run() calls and rows."""
+
+    def __init__(self, sess: Any) -> None:
+        self.sess, self.calls, self.rows = sess, 0, 0
+
+    def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+        self.calls += 1
+        self.rows += next(iter(feeds.values())).shape[0]
+        return self.sess.run(names, feeds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sess, name)
+
+
+def test_one_onnx_run_per_model_per_batch_and_batch_invariance(tmp_path: Path) -> None:
+    bundle = ModelBundle.load()
+    cat = bundle.catalogue
+    assert cat is not None
+    alerts = []
+    for i in range(40):
+        if i % 3 == 0:  # every third alert sits on a catalogue object
+            alerts.append(make_alert(i, float(cat.ra[i]), float(cat.dec[i]), 10 + i, 12 + i))
+        else:
+            alerts.append(make_alert(i, 100.0 + i, 20.0, 3 if i % 5 == 0 else 25, 25 if i % 7 else 0))
+    X = _features(alerts)
+    ref = BundleStage(bundle).predict(X, alerts)
+    counters = {role: _Counting(s) for role, s in bundle.sessions.items()}
+    bundle.sessions.update(counters)
+    stage = BundleStage(bundle)
+    pred = stage.predict(X, alerts)
+    assert counters["bal_lc"].calls == 1 and counters["fusion_attention"].calls == 1
+    assert counters["fusion_attention"].rows == 14
+    assert counters["bal_lc"].rows == int(np.isfinite(pred.bal_lc_prob).sum())
+    assert counters["spectral"].calls == 0 and counters["fusion_late"].calls == 0
+    np.testing.assert_array_equal(pred.bal_lc_prob, ref.bal_lc_prob)
+    # one alert at a time gives the same numbers as the batch
+    for i in (0, 1, 5, 9):
+        one = stage.predict(X[i:i + 1], alerts[i:i + 1])
+        np.testing.assert_allclose(one.bal_lc_prob, pred.bal_lc_prob[i:i + 1], atol=1e-7)
+        np.testing.assert_allclose(one.bal_fusion_prob, pred.bal_fusion_prob[i:i + 1], atol=1e-7)
+        assert pred.flags is not None and one.flags == [pred.flags[i]]
+
+
+def test_candidate_score_hook_says_no_scorer(stage: BundleStage) -> None:
+    alerts = [make_alert(0, 5.0, 5.0, 10, 10)]
+    scores, flags = stage._candidate_scores(_features(alerts), alerts)
+    assert math.isnan(scores[0]) and flags == [[FLAG_NO_CANDIDATE_SCORER]]
+
+
+def test_late_fusion_is_the_fallback_without_the_attention_model(tmp_path: Path) -> None:
+    from training.fusion import LateFusion
+
+    dst = tmp_path / "b"
+    shutil.copytree(DEFAULT, dst, ignore=shutil.ignore_patterns("report"))
+    m = yaml.safe_load((dst / MANIFEST).read_text())
+    del m["models"]["fusion_attention"]
+    (dst / MANIFEST).write_text(yaml.safe_dump(m, sort_keys=False))
+    bundle = ModelBundle.load(dst)
+    stage = BundleStage(bundle)
+    assert stage.fusion_role == "fusion_late"
+    cat = bundle.catalogue
+    assert cat is not None and cat.spec_prob is not None
+    alerts = [make_alert(0, float(cat.ra[3]), float(cat.dec[3]), 30, 30),
+              make_alert(1, float(cat.ra[4]), float(cat.dec[4]), 1, 0)]
+    pred = stage.predict(_features(alerts), alerts)
+    w = m["models"]["fusion_late"]["weights"]
+    late = LateFusion(w["w_lc"], w["w_spec"], w["bias"])
+    want = late.predict(pred.bal_lc_prob, cat.spec_prob[[3, 4]])
+    np.testing.assert_allclose(pred.bal_fusion_prob, want, atol=1e-4)  # manifest weights are rounded
+    assert math.isnan(pred.bal_lc_prob[1]) and np.isfinite(pred.bal_fusion_prob[1])
+
+
+def test_embedding_size_mismatch_is_refused(bundle: ModelBundle) -> None:
+    b = ModelBundle.load()
+    assert b.catalogue is not None
+    b.catalogue.embedding = b.catalogue.embedding[:, :3]
+    with pytest.raises(BundleError, match="catalogue embedding has 3 dimensions"):
+        BundleStage(b)
+
+
+def test_load_model_stage_uses_the_default_bundle_when_no_path_is_given(tmp_path: Path) -> None:
+    stage = load_model_stage(None)
+    assert isinstance(stage, BundleStage) and stage.bundle.path == DEFAULT
+    assert Annotator(stage).model_version == stage.version == stage.bundle.model_version
+    with pytest.raises(ConfigError, match="not found"):
+        load_model_stage(tmp_path / "nope")
+    assert load_model_stage(None, candidate_threshold=0.9).threshold == 0.9  # type: ignore[union-attr]
+
+
+def test_replay_fills_bal_lc_prob_for_real_ztf_alerts(ztf_alert_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    result = replay([ztf_alert_dir], out, progress=False)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == result.annotated == 128 and result.rejected == 0
+    version = ModelBundle.load().model_version
+    n_lc = 0
+    for r in records:
+        assert r["model_version"] == version
+        points = max(r["n_points"].get("g", 0), r["n_points"].get("r", 0))
+        if points >= 5:
+            assert r["bal_lc_prob"] is not None and 0.0 <= r["bal_lc_prob"] <= 1.0, r
+            assert FLAG_TOO_FEW_POINTS not in r["flags"]
+            n_lc += 1
+        else:
+            assert r["bal_lc_prob"] is None and FLAG_TOO_FEW_POINTS in r["flags"], r
+        assert r["bal_fusion_prob"] is None and FLAG_NO_KNOWN_SPECTRUM in r["flags"]  # synthetic catalogue
+        assert r["candidate_score"] is None and FLAG_NO_CANDIDATE_SCORER in r["flags"]
+        assert isinstance(r["is_candidate"], bool)
+    assert n_lc > 0
+    assert result.candidates == sum(r["is_candidate"] for r in records)
