@@ -11,10 +11,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[broker]"
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
 
 install-dev: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[broker,training,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[demo,training,dev]"
 
 lint: install-dev
 	$(BIN)/ruff check broker_plugin training tests benchmarks

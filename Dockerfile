@@ -1,0 +1,25 @@
+# Slim runtime image: onnxruntime + the plugin + its default model bundle; no torch, no training extra.
+# Build:  docker build -t bal-broker:0.1.0 .
+# Run:    docker run --rm -v $PWD/deploy/compose/config.yaml:/etc/bal-broker/config.yaml bal-broker:0.1.0
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY broker_plugin ./broker_plugin
+COPY training ./training
+COPY schemas ./schemas
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="bal-broker" \
+      org.opencontainers.image.description="BAL quasar candidate finder for ZTF and Rubin alert streams"
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && useradd --system --uid 10001 --no-create-home bal
+USER 10001
+EXPOSE 9108
+# Healthy = the Prometheus endpoint answers (the service starts it once the bundle is verified).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9108/metrics', timeout=4)" || exit 1
+ENTRYPOINT ["bal-broker"]
+CMD ["run", "--config", "/etc/bal-broker/config.yaml"]
