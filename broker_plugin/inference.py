@@ -21,15 +21,34 @@ What each output field means, and when it is null (each rule adds a flag so a nu
     imputes missing features and the spectrum carries most of the weight (SCIENCE.md: the spectral
     modality is the more reliable one).
 ``candidate_score``
-    The cutout encoder + ranking head (roles ``cutout_encoder``, ``ranking_head``) are another
-    engineer's work: :meth:`BundleStage._candidate_scores` is the hook, returning null and
-    ``no_candidate_scorer`` until it is filled in.
+    When the bundle has the candidate scorer (roles ``cutout_encoder`` and ``ranking_head``): the
+    alert's cutouts go through the encoder and, with the feature vector and the alert metadata,
+    through the ranking head (:func:`broker_plugin.scoring.head_probability`), and
+    :func:`broker_plugin.scoring.combine` turns the head's probability and the BAL probability into
+    ``candidate_score = head_prob * p_bal`` (``p_bal`` = ``bal_fusion_prob`` if known, else
+    ``bal_lc_prob``). Null with a flag when it cannot be computed: ``no_cutouts`` (all three stamps
+    missing, undecodable or flat), ``no_bal_probability``, ``no_ranking_head``; per-stamp problems
+    add the cutout flags (``cutout_missing_<kind>``, ``cutout_bad_<kind>``, ``cutout_nan_<kind>``).
+    Without the scorer in the bundle: null and ``no_candidate_scorer``.
 ``is_candidate``
-    ``decision >= threshold`` where ``decision`` is ``bal_fusion_prob`` when known, else
-    ``bal_lc_prob`` (the spectrum-informed probability is preferred because it is the better one);
-    false when both are null. ``threshold`` is the manifest's ``bundle.candidate_threshold`` unless
-    overridden (``BundleStage(bundle, candidate_threshold=...)``, the service's
-    ``processing.candidate_threshold``). The candidate-score owner will extend this rule.
+    With the scorer: ``candidate_score >= threshold`` (false when the score is null), the rule
+    documented in :mod:`broker_plugin.scoring`. Without it: ``decision >= threshold`` where
+    ``decision`` is ``bal_fusion_prob`` when known, else ``bal_lc_prob`` (the spectrum-informed
+    probability is preferred because it is the better one); false when both are null.
+    ``threshold`` is the manifest's ``bundle.candidate_threshold`` unless overridden
+    (``BundleStage(bundle, candidate_threshold=...)``, the service's
+    ``processing.candidate_threshold``).
+
+Start-up checks of the scorer (:class:`~broker_plugin.errors.BundleError`, one line, on any
+mismatch): both roles or neither; the ranking head's manifest ``meta_names`` equal the columns
+:func:`broker_plugin.scoring.meta_matrix` assembles (``META_FIELDS`` + ``survey_lsst``); its
+``encoder_sha256`` equals the SHA-256 of the encoder file in the bundle (a head is only valid on the
+embedding of the encoder it was trained on); input / output names, the encoder's tensor shape
+(:mod:`broker_plugin.cutouts`) and the embedding width agree between the graphs and the plugin.
+
+Cost: one ``session.run`` per model per batch, the encoder included, for batches of up to
+:data:`ENCODER_MAX_BATCH` alerts (the service's default batch is 500); a larger batch runs the
+encoder in chunks of that size, so memory stays bounded.
 
 The I/O names below are the contract between ``training/`` (which writes the graphs) and this module
 (which feeds them); training imports them from here.
@@ -43,9 +62,11 @@ from typing import Any
 
 import numpy as np
 
+from broker_plugin import scoring
 from broker_plugin.alert import FEATURE_BANDS, Alert, LightCurve
 from broker_plugin.annotate import Predictions
-from broker_plugin.bundle import ModelBundle
+from broker_plugin.bundle import ModelBundle, sha256_file
+from broker_plugin.cutouts import CHANNELS, SIZE
 from broker_plugin.errors import BundleError
 from broker_plugin.features import FEATURE_NAMES, MIN_POINTS_LC
 
@@ -67,6 +88,10 @@ FLAG_SPECTRUM_MATCHED = "spectrum_matched"
 FLAG_NO_KNOWN_SPECTRUM = "no_known_spectrum"
 FLAG_NO_FUSION_MODEL = "no_fusion_model"
 FLAG_NO_CANDIDATE_SCORER = "no_candidate_scorer"
+#: Scorer roles: both or neither in a bundle.
+SCORER_ROLES = ("cutout_encoder", "ranking_head")
+#: Largest batch the cutout encoder runs in one ``session.run`` (16 KB of input per alert).
+ENCODER_MAX_BATCH = 4096
 
 
 def points_per_alert(lightcurves: Sequence[Mapping[str, LightCurve]], bands: Sequence[str] = FEATURE_BANDS,
@@ -115,7 +140,7 @@ class BundleStage:
                 if self.catalogue.spec_prob is None:
                     raise BundleError(f"model bundle {bundle.path}: fusion_late needs the catalogue's spec_prob")
                 self.fusion_role = "fusion_late"
-        self.has_candidate_scorer = bundle.has("cutout_encoder") and bundle.has("ranking_head")
+        self.has_candidate_scorer = self._check_scorer()
 
     def _check_attention_dims(self) -> None:
         spec = self.bundle.specs["fusion_attention"]
@@ -129,6 +154,46 @@ class BundleStage:
         if isinstance(f, int) and f != len(FEATURE_NAMES):
             raise BundleError(f"model bundle {self.bundle.path}: fusion_attention expects {f} features, "
                               f"the plugin computes {len(FEATURE_NAMES)}")
+
+    def _check_scorer(self) -> bool:
+        """True when the bundle carries a usable candidate scorer (checks in the module docstring)."""
+        b = self.bundle
+        present = [r for r in SCORER_ROLES if b.has(r)]
+        if not present:
+            return False
+        if len(present) == 1:
+            missing = next(r for r in SCORER_ROLES if r not in present)
+            raise BundleError(f"model bundle {b.path}: '{present[0]}' without '{missing}': the candidate scorer "
+                              "needs both")
+        enc, head = b.specs["cutout_encoder"], b.specs["ranking_head"]
+        meta = head.info.get("meta_names")
+        if meta is None or [str(m) for m in meta] != list(scoring.HEAD_META_NAMES):
+            raise BundleError(f"model bundle {b.path}: ranking_head meta_names {meta} differ from the plugin's "
+                              f"{list(scoring.HEAD_META_NAMES)} (META_FIELDS + {scoring.SURVEY_INDICATOR})")
+        want = head.info.get("encoder_sha256")
+        have = sha256_file(b.path / enc.file)
+        if want != have:
+            raise BundleError(f"model bundle {b.path}: ranking_head was trained on another cutout encoder "
+                              f"(encoder_sha256 {str(want)[:12]}..., {enc.file} is {have[:12]}...)")
+        head_in = [str(i.get("name")) for i in head.inputs]
+        if head_in != list(scoring.HEAD_INPUTS) or scoring.HEAD_OUTPUT not in _output_names(head):
+            raise BundleError(f"model bundle {b.path}: ranking_head inputs {head_in} / outputs "
+                              f"{_output_names(head)} are not {list(scoring.HEAD_INPUTS)} -> {scoring.HEAD_OUTPUT}")
+        if [str(i.get("name")) for i in enc.inputs] != [scoring.ENCODER_INPUT] or \
+                scoring.ENCODER_OUTPUT not in _output_names(enc):
+            raise BundleError(f"model bundle {b.path}: cutout_encoder must map '{scoring.ENCODER_INPUT}' to "
+                              f"'{scoring.ENCODER_OUTPUT}'")
+        shape = list((enc.inputs[0].get("shape") or [])[1:])
+        if shape and shape != [CHANNELS, SIZE, SIZE]:
+            raise BundleError(f"model bundle {b.path}: cutout_encoder reads tensors of shape {shape}, the plugin "
+                              f"builds {[CHANNELS, SIZE, SIZE]} (broker_plugin.cutouts)")
+        emb_out = next((o.get("shape") for o in enc.outputs if o.get("name") == scoring.ENCODER_OUTPUT), None)
+        emb_in = next((i.get("shape") for i in head.inputs if i.get("name") == "embedding"), None)
+        e_out, e_in = (emb_out or [None, None])[-1], (emb_in or [None, None])[-1]
+        if isinstance(e_out, int) and isinstance(e_in, int) and e_out != e_in:
+            raise BundleError(f"model bundle {b.path}: cutout_encoder embeds in {e_out} dimensions, ranking_head "
+                              f"reads {e_in}")
+        return True
 
     @property
     def version(self) -> str:
@@ -167,13 +232,9 @@ class BundleStage:
             else:
                 flags[i].append(FLAG_SPECTRUM_MATCHED if self.fusion_role is not None else FLAG_NO_FUSION_MODEL)
 
-        score, score_flags = self._candidate_scores(X, alerts)
+        score, is_candidate, score_flags = self._candidate_scores(X, alerts, p_lc, p_fusion)
         for i, f in enumerate(score_flags):
             flags[i].extend(f)
-
-        decision = np.where(np.isfinite(p_fusion), p_fusion, p_lc)
-        with np.errstate(invalid="ignore"):
-            is_candidate = np.isfinite(decision) & (decision >= self.threshold)
         return Predictions(bal_lc_prob=p_lc, bal_fusion_prob=p_fusion, candidate_score=score,
                            is_candidate=is_candidate, flags=flags)
 
@@ -194,16 +255,28 @@ class BundleStage:
                                            LATE_SPEC_INPUT: np.asarray(spec_prob[rows], dtype=np.float32)})[0]
         return np.clip(np.asarray(out, dtype=np.float64).reshape(-1), 0.0, 1.0)
 
-    # ------------------------------------------------------------------ candidate-score hook
-    def _candidate_scores(self, features: np.ndarray, alerts: Sequence[Alert]) -> tuple[np.ndarray, list[list[str]]]:
-        """HOOK for the cutout encoder + ranking head (roles ``cutout_encoder``, ``ranking_head``).
+    # ------------------------------------------------------------------------ candidate score
+    def _candidate_scores(self, features: np.ndarray, alerts: Sequence[Alert], p_lc: np.ndarray,
+                          p_fusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """``(candidate_score [n] with NaN = null, is_candidate [n], per-alert flags)``.
 
-        Must return ``(scores (n,) float in [0, 1] with NaN = null, per-alert flag lists)`` using one
-        ONNX run per model for the whole batch. Until that work lands every alert gets NaN and
-        ``no_candidate_scorer`` (also when the bundle has both roles: they are not wired yet).
+        With the scorer: :func:`broker_plugin.scoring.head_probability` (one encoder run and one
+        head run for the batch) and :func:`broker_plugin.scoring.combine`. Without it: no score
+        (flag ``no_candidate_scorer``) and ``is_candidate`` from the BAL probability alone.
         """
         n = len(alerts)
-        return np.full(n, np.nan), [[FLAG_NO_CANDIDATE_SCORER] for _ in range(n)]
+        if not self.has_candidate_scorer:
+            decision = np.where(np.isfinite(p_fusion), p_fusion, p_lc)
+            with np.errstate(invalid="ignore"):
+                is_candidate = np.isfinite(decision) & (decision >= self.threshold)
+            return np.full(n, np.nan), is_candidate, [[FLAG_NO_CANDIDATE_SCORER] for _ in range(n)]
+        if n == 0:
+            return np.zeros(0), np.zeros(0, dtype=bool), []
+        head_prob, cutout_ok, cutout_flags = scoring.head_probability(
+            self.bundle.sessions["cutout_encoder"], self.bundle.sessions["ranking_head"], features, alerts,
+            batch_size=ENCODER_MAX_BATCH)
+        score, is_candidate, flags = scoring.combine(p_lc, p_fusion, head_prob, self.threshold, cutout_ok=cutout_ok)
+        return score, is_candidate, [[*cf, *f] for cf, f in zip(cutout_flags, flags, strict=True)]
 
     def describe(self) -> dict[str, Any]:
         """What this stage will do, for start-up logs and the demo."""

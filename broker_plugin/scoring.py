@@ -4,6 +4,19 @@ Runtime module (numpy only; ONNX sessions are passed in, never created here). Tr
 :func:`assemble_head_inputs` from here, so the ranking head is fitted on exactly the numbers it is
 fed at run time (DESIGN.md, "one data path").
 
+In one paragraph (the README-level description)
+-----------------------------------------------
+Every annotated alert carries ``candidate_score``: P(the alert is a quasar worth following up),
+from a contrastive embedding of its cutouts plus its light-curve features and metadata (the
+ranking head), multiplied by its BAL probability (the fusion probability when the object has a
+known spectrum, else the light-curve one). ``is_candidate`` is ``candidate_score >= threshold``
+(``bundle.candidate_threshold`` in the manifest, 0.5 by default; ``processing.candidate_threshold``
+overrides it). The score is null, and the alert never a candidate, when it cannot be computed,
+with a flag saying why: ``no_cutouts`` (no usable stamp), ``no_bal_probability`` (too few
+light-curve points and no known spectrum), ``no_ranking_head``. A bundle without the scorer
+models (``cutout_encoder`` + ``ranking_head``) gives a null score with ``no_candidate_scorer``
+and falls back to ``is_candidate = p_bal >= threshold`` (:mod:`broker_plugin.inference`).
+
 What the three probabilities mean
 ---------------------------------
 ``head_prob``
@@ -220,9 +233,12 @@ def run_head(head: Session, inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def head_probability(
-    encoder: Session, head: Session, features: np.ndarray, alerts: Sequence[Alert]
+    encoder: Session, head: Session, features: np.ndarray, alerts: Sequence[Alert], *, batch_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     """Cutouts -> encoder -> head for a batch: ``(head_prob [N], cutout_ok [N], cutout_flags)``.
+
+    One head run for the batch; the encoder runs once per ``batch_size`` alerts (bounded memory:
+    the inference stage passes a bound above its batch size, so it is one run there too).
 
     ``head_prob`` is the raw head output for every alert (finite even without cutouts: the
     encoder then sees an empty tensor); :func:`combine` nulls the score where ``cutout_ok`` is
@@ -231,7 +247,7 @@ def head_probability(
     if len(alerts) == 0:
         return np.zeros(0), np.zeros(0, dtype=bool), []
     tensors, cflags = cutout_batch([a.cutouts for a in alerts])
-    emb = embed_cutouts(encoder, tensors)
+    emb = embed_cutouts(encoder, tensors, batch_size=batch_size)
     prob = run_head(head, assemble_head_inputs(emb, features, alerts))
     return prob, cutouts_usable(cflags), cflags
 

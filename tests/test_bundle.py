@@ -76,9 +76,13 @@ def test_default_bundle_is_verified_small_and_says_it_is_synthetic() -> None:
     for role in ("bal_lc", "fusion_attention"):
         assert tuple(m["models"][role]["feature_names"]) == FEATURE_NAMES
         assert m["models"][role]["feature_version"] == FEATURE_VERSION
-    for entry in m["models"].values():
+    assert {"cutout_encoder", "ranking_head"} <= set(bundle.sessions)  # the candidate scorer ships too
+    for role, entry in m["models"].items():
         assert sha256_file(DEFAULT / entry["file"]) == entry["sha256"]
-        assert entry["metrics"]["onnx_parity_max_abs"] <= 1e-5
+        metrics = entry["metrics"]
+        # the scorer's parity key (training/scorer.py); the conv encoder's float32 sums allow 1e-4
+        parity = metrics["onnx_parity_max_abs"] if "onnx_parity_max_abs" in metrics else metrics["onnx_max_abs_diff"]
+        assert parity <= (1e-4 if role == "cutout_encoder" else 1e-5), role
         assert entry["training_data"]["kind"] == "synthetic"
     size = sum(p.stat().st_size for p in DEFAULT.rglob("*") if p.is_file())
     assert size < 5_000_000, f"default bundle is {size / 1e6:.1f} MB"

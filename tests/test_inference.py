@@ -1,6 +1,7 @@
 """The runtime model stage (broker_plugin.inference.BundleStage) on the default bundle: the
-too-few-points rule, catalogue matching and fusion, the is_candidate rule, one ONNX run per model
-per batch, the candidate-score hook, the late-fusion fallback, and replay wiring."""
+too-few-points rule, catalogue matching and fusion, the is_candidate rule (with the candidate scorer,
+and the fallback without it), one ONNX run per model per batch, the scorer's start-up checks, the
+late-fusion fallback, and replay wiring."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from broker_plugin.inference import (
     enough_points,
 )
 from broker_plugin.replay import replay
+from broker_plugin.scoring import FLAG_NO_BAL_PROB, FLAG_NO_CUTOUTS, combine
 
 DEFAULT = default_bundle_path()
 pytestmark = pytest.mark.skipif(not (DEFAULT / MANIFEST).is_file(),
@@ -44,11 +46,30 @@ def _curve(band: str, n: int, rng: np.random.Generator, base: float = 19.5) -> L
     return LightCurve(band, t, mag, err, flux, flux * err * math.log(10) / 2.5, "dc")
 
 
-def make_alert(i: int, ra: float, dec: float, n_g: int, n_r: int, seed: int = 0) -> Alert:
+def make_alert(i: int, ra: float, dec: float, n_g: int, n_r: int, seed: int = 0,
+               cutouts: dict[str, bytes | None] | None = None) -> Alert:
     rng = np.random.default_rng(seed + i)
     curves = {b: _curve(b, k, rng, 19.5 if b == "g" else 19.2) for b, k in (("g", n_g), ("r", n_r)) if k}
     return Alert(survey="ztf", object_id=f"ZTF{i:08d}", source_id=str(1000 + i), ra=ra, dec=dec, mjd=58500.0,
-                 band="g", schema_version="4.02", record={}, lightcurves=curves)
+                 band="g", schema_version="4.02", record={}, lightcurves=curves, cutouts=cutouts or {})
+
+
+@pytest.fixture(scope="module")
+def real_cutouts(ztf_alert_files: list[Path]) -> dict[str, bytes | None]:
+    """The three stamps of a real ZTF alert, to give hand-made alerts usable cutouts."""
+    from broker_plugin.decode import decode_alert
+
+    return dict(decode_alert(ztf_alert_files[0].read_bytes()).cutouts)
+
+
+def _without_scorer(dst: Path) -> Path:
+    """A copy of the default bundle whose manifest lists no candidate scorer."""
+    shutil.copytree(DEFAULT, dst, ignore=shutil.ignore_patterns("report"))
+    m = yaml.safe_load((dst / MANIFEST).read_text())
+    for role in ("cutout_encoder", "ranking_head"):
+        m["models"].pop(role, None)
+    (dst / MANIFEST).write_text(yaml.safe_dump(m, sort_keys=False))
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +99,9 @@ def test_too_few_points_gives_null_and_a_flag(stage: BundleStage) -> None:
         else:
             assert math.isnan(pred.bal_lc_prob[i]) and FLAG_TOO_FEW_POINTS in pred.flags[i]
         assert FLAG_NO_KNOWN_SPECTRUM in pred.flags[i] and math.isnan(pred.bal_fusion_prob[i])
-        assert math.isnan(pred.candidate_score[i]) and FLAG_NO_CANDIDATE_SCORER in pred.flags[i]
+        # no cutouts on these hand-made alerts: the scorer says so
+        assert math.isnan(pred.candidate_score[i]) and FLAG_NO_CUTOUTS in pred.flags[i]
+        assert (FLAG_NO_BAL_PROB in pred.flags[i]) == (not ok) and not pred.is_candidate[i]
 
 
 def test_catalogue_match_gives_the_fusion_probability(bundle: ModelBundle, stage: BundleStage) -> None:
@@ -102,12 +125,57 @@ def test_catalogue_match_gives_the_fusion_probability(bundle: ModelBundle, stage
     direct = bundle.sessions["fusion_attention"].run(
         ["probability"], {ATT_LC_INPUT: X[[0, 2]].astype(np.float32), ATT_SPEC_INPUT: emb})[0].reshape(-1)
     np.testing.assert_allclose(pred.bal_fusion_prob[[0, 2]], direct, atol=1e-7)
+
+
+def test_candidate_score_uses_fusion_where_known_and_follows_combine(
+        bundle: ModelBundle, stage: BundleStage, real_cutouts: dict[str, bytes | None]) -> None:
+    from broker_plugin.scoring import head_probability
+
+    cat = bundle.catalogue
+    assert cat is not None and stage.has_candidate_scorer
+    alerts = [make_alert(0, float(cat.ra[5]), float(cat.dec[5]), 30, 30, cutouts=real_cutouts),  # matched
+              make_alert(1, 200.0, 10.0, 30, 30, cutouts=real_cutouts),  # light curve only
+              make_alert(2, 201.0, 10.0, 2, 1, cutouts=real_cutouts),  # no BAL probability
+              make_alert(3, float(cat.ra[6]), float(cat.dec[6]), 30, 30)]  # matched, no cutouts
+    X = _features(alerts)
+    pred = stage.predict(X, alerts)
+    head, ok, _ = head_probability(bundle.sessions["cutout_encoder"], bundle.sessions["ranking_head"], X, alerts)
+    assert ok.tolist() == [True, True, True, False]
+    score, cand, _ = combine(pred.bal_lc_prob, pred.bal_fusion_prob, head, stage.threshold, cutout_ok=ok)
+    np.testing.assert_allclose(pred.candidate_score, score, equal_nan=True)
+    np.testing.assert_array_equal(pred.is_candidate, cand)
+    assert pred.candidate_score[0] == pytest.approx(head[0] * pred.bal_fusion_prob[0])  # fusion preferred
+    assert pred.candidate_score[1] == pytest.approx(head[1] * pred.bal_lc_prob[1])
+    assert pred.flags is not None
+    assert math.isnan(pred.candidate_score[2]) and FLAG_NO_BAL_PROB in pred.flags[2]
+    assert math.isnan(pred.candidate_score[3]) and FLAG_NO_CUTOUTS in pred.flags[3]
+    assert not any(FLAG_NO_CANDIDATE_SCORER in f for f in pred.flags)
+    # threshold 0: every finite score is a candidate
+    assert BundleStage(bundle, candidate_threshold=0.0).predict(X, alerts).is_candidate.tolist() == \
+        np.isfinite(score).tolist()
+
+
+def test_without_the_scorer_is_candidate_follows_the_bal_probability(tmp_path: Path) -> None:
+    bundle = ModelBundle.load(_without_scorer(tmp_path / "b"))
+    stage = BundleStage(bundle)
+    assert not stage.has_candidate_scorer
+    cat = bundle.catalogue
+    assert cat is not None
+    alerts = [make_alert(0, float(cat.ra[17]), float(cat.dec[17]), 30, 30), make_alert(1, 3.0, 3.0, 30, 30),
+              make_alert(2, 4.0, 4.0, 1, 0)]
+    pred = stage.predict(_features(alerts), alerts)
     # is_candidate uses the fusion probability where known, the light-curve one otherwise
     decision = np.where(np.isfinite(pred.bal_fusion_prob), pred.bal_fusion_prob, pred.bal_lc_prob)
     np.testing.assert_array_equal(pred.is_candidate, np.isfinite(decision) & (decision >= stage.threshold))
+    assert np.isnan(pred.candidate_score).all()
+    assert pred.flags is not None and all(FLAG_NO_CANDIDATE_SCORER in f for f in pred.flags)
+    scores, cand, flags = stage._candidate_scores(_features(alerts[:1]), alerts[:1], np.array([0.7]),
+                                                  np.array([np.nan]))
+    assert math.isnan(scores[0]) and flags == [[FLAG_NO_CANDIDATE_SCORER]] and cand.tolist() == [True]
 
 
-def test_threshold_defaults_to_the_manifest_and_can_be_overridden(bundle: ModelBundle) -> None:
+def test_threshold_defaults_to_the_manifest_and_can_be_overridden(tmp_path: Path) -> None:
+    bundle = ModelBundle.load(_without_scorer(tmp_path / "b"))
     alerts = [make_alert(i, 50.0 + i, 10.0, 30, 30) for i in range(8)] + [make_alert(9, 1.0, 1.0, 1, 1)]
     X = _features(alerts)
     assert BundleStage(bundle).threshold == bundle.manifest["bundle"]["candidate_threshold"]
@@ -151,6 +219,8 @@ def test_one_onnx_run_per_model_per_batch_and_batch_invariance(tmp_path: Path) -
     stage = BundleStage(bundle)
     pred = stage.predict(X, alerts)
     assert counters["bal_lc"].calls == 1 and counters["fusion_attention"].calls == 1
+    assert counters["cutout_encoder"].calls == 1 and counters["ranking_head"].calls == 1
+    assert counters["cutout_encoder"].rows == counters["ranking_head"].rows == 40
     assert counters["fusion_attention"].rows == 14
     assert counters["bal_lc"].rows == int(np.isfinite(pred.bal_lc_prob).sum())
     assert counters["spectral"].calls == 0 and counters["fusion_late"].calls == 0
@@ -160,13 +230,69 @@ def test_one_onnx_run_per_model_per_batch_and_batch_invariance(tmp_path: Path) -
         one = stage.predict(X[i:i + 1], alerts[i:i + 1])
         np.testing.assert_allclose(one.bal_lc_prob, pred.bal_lc_prob[i:i + 1], atol=1e-7)
         np.testing.assert_allclose(one.bal_fusion_prob, pred.bal_fusion_prob[i:i + 1], atol=1e-7)
+        np.testing.assert_allclose(one.candidate_score, pred.candidate_score[i:i + 1], atol=1e-6)
         assert pred.flags is not None and one.flags == [pred.flags[i]]
 
 
-def test_candidate_score_hook_says_no_scorer(stage: BundleStage) -> None:
-    alerts = [make_alert(0, 5.0, 5.0, 10, 10)]
-    scores, flags = stage._candidate_scores(_features(alerts), alerts)
-    assert math.isnan(scores[0]) and flags == [[FLAG_NO_CANDIDATE_SCORER]]
+def _tamper(tmp_path: Path, edit: Any) -> Path:
+    """A copy of the default bundle with ``edit(manifest_dict, bundle_dir)`` applied."""
+    dst = tmp_path / "t"
+    shutil.copytree(DEFAULT, dst, ignore=shutil.ignore_patterns("report"))
+    m = yaml.safe_load((dst / MANIFEST).read_text())
+    edit(m, dst)
+    (dst / MANIFEST).write_text(yaml.safe_dump(m, sort_keys=False))
+    return dst
+
+
+def test_a_retrained_encoder_without_its_head_is_refused(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from broker_plugin.bundle import sha256_file
+
+    def swap_encoder(m: dict[str, Any], root: Path) -> None:
+        # a valid encoder graph with other weights (as if retrained), the manifest's checksum updated
+        # so that only the head's encoder_sha256 can notice
+        path = root / m["models"]["cutout_encoder"]["file"]
+        model = onnx.load(str(path))
+        init = model.graph.initializer[0]
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
+        onnx.save(model, str(path))
+        m["models"]["cutout_encoder"]["sha256"] = sha256_file(path)
+
+    bundle = ModelBundle.load(_tamper(tmp_path, swap_encoder))  # checksums agree with the files
+    with pytest.raises(BundleError, match="trained on another cutout encoder") as err:
+        BundleStage(bundle)
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_meta_names_are_refused(tmp_path: Path) -> None:
+    def shuffle_meta(m: dict[str, Any], _root: Path) -> None:
+        names = m["models"]["ranking_head"]["meta_names"]
+        names[0], names[1] = names[1], names[0]
+
+    with pytest.raises(BundleError, match="meta_names") as err:
+        BundleStage(ModelBundle.load(_tamper(tmp_path, shuffle_meta)))
+    assert "\n" not in str(err.value)
+
+
+def test_an_encoder_without_a_head_is_refused(tmp_path: Path) -> None:
+    def drop_head(m: dict[str, Any], _root: Path) -> None:
+        del m["models"]["ranking_head"]
+
+    with pytest.raises(BundleError, match="'cutout_encoder' without 'ranking_head'"):
+        BundleStage(ModelBundle.load(_tamper(tmp_path, drop_head)))
+
+
+def test_load_model_stage_refuses_a_tampered_scorer_with_exit_2(tmp_path: Path) -> None:
+    from broker_plugin.cli import main
+
+    def wrong_hash(m: dict[str, Any], _root: Path) -> None:
+        m["models"]["ranking_head"]["encoder_sha256"] = "0" * 64
+
+    bad = _tamper(tmp_path, wrong_hash)
+    assert main(["replay", str(tmp_path / "nothing.avro"), "--output", str(tmp_path / "o.jsonl"),
+                 "--models", str(bad)]) == 2
 
 
 def test_late_fusion_is_the_fallback_without_the_attention_model(tmp_path: Path) -> None:
@@ -226,7 +352,8 @@ def test_replay_fills_bal_lc_prob_for_real_ztf_alerts(ztf_alert_dir: Path, tmp_p
         else:
             assert r["bal_lc_prob"] is None and FLAG_TOO_FEW_POINTS in r["flags"], r
         assert r["bal_fusion_prob"] is None and FLAG_NO_KNOWN_SPECTRUM in r["flags"]  # synthetic catalogue
-        assert r["candidate_score"] is None and FLAG_NO_CANDIDATE_SCORER in r["flags"]
+        # every real ZTF alert has its stamps: a score exactly where there is a BAL probability
+        assert (r["candidate_score"] is not None) == (r["bal_lc_prob"] is not None), r
         assert isinstance(r["is_candidate"], bool)
     assert n_lc > 0
     assert result.candidates == sum(r["is_candidate"] for r in records)

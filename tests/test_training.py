@@ -1,6 +1,7 @@
-"""``bal-broker train`` end to end (synthetic and real formats, tiny sizes) and the ONNX parity of
-every exported model (<= 1e-5 against its Python reference). Sizes are kept small so the module runs
-in about a minute on two cores; the figures on a full-size run are in the default bundle's report."""
+"""``bal-broker train`` end to end (synthetic and real formats, tiny sizes, the candidate scorer at its
+TINY settings), the light-curve histories (``--lc-history``), and the ONNX parity of every exported
+model (<= 1e-5 against its Python reference). Sizes are kept small so the module runs in about a
+minute on two cores; the figures on a full-size run are in the default bundle's report."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ from training.lc_classifier import (
     fit_lc_classifier,
     threshold_probe_inputs,
 )
+from training.lc_history import HISTORY_MIXES, KINDS, kind_counts, truncate_lightcurves, window_copies
 from training.synthetic import generate_training_set
+from training.train import scorer_settings, synthetic_dataset
 
 TINY = ["--n-estimators", "20", "--epochs", "15", "--cv-folds", "3", "--no-figures"]
 
@@ -70,18 +73,24 @@ def synthetic_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, st
 def test_train_synthetic_writes_a_bundle_the_plugin_loads(synthetic_bundle: tuple[Path, str]) -> None:
     out, log = synthetic_bundle
     # progress as plain log lines when stderr is not a terminal
-    assert "bal-broker train: [1/10] data: 240 synthetic objects" in log
-    assert "[10/10] bundle and report" in log
+    assert "bal-broker train: [1/11] data: 240 synthetic objects" in log
+    assert "[10/11] candidate scorer: cutout_encoder, ranking_head" in log
+    assert "[11/11] bundle and report" in log
+    assert "torchvision" not in log  # the exporter's irrelevant warnings are silenced
     for name in ("bal_lc.onnx", "spectral.onnx", "fusion_late.onnx", "fusion_attention.onnx", "catalogue.npz",
-                 "manifest.yaml", "README.md", "report/report.md", "report/metrics.json"):
+                 "cutout_encoder.onnx", "ranking_head.onnx", "manifest.yaml", "README.md", "report/report.md",
+                 "report/metrics.json"):
         assert (out / name).is_file(), name
+    assert not (out / "report" / "scorer_embedding.png").exists()  # --no-figures
     assert not list(out.parent.glob(".bundle.staging-*")), "staging directory left behind"
 
     bundle = ModelBundle.load(out)
-    assert set(bundle.sessions) == {"bal_lc", "spectral", "fusion_late", "fusion_attention"}
+    assert set(bundle.sessions) == {"bal_lc", "spectral", "fusion_late", "fusion_attention", "cutout_encoder",
+                                    "ranking_head"}
     assert bundle.model_version == "bal-synthetic-0.1.0"
     stage = BundleStage(bundle)
     assert stage.fusion_role == "fusion_attention" and stage.min_points == 5 and stage.threshold == 0.5
+    assert stage.has_candidate_scorer
     assert bundle.catalogue is not None and len(bundle.catalogue) == 240
     assert bundle.catalogue.embedding.shape[1] == bundle.manifest["catalogue"]["embedding_dim"]
 
@@ -96,20 +105,42 @@ def test_train_synthetic_writes_a_bundle_the_plugin_loads(synthetic_bundle: tupl
     assert lc["min_points"] == 5
     td = lc["training_data"]
     assert td["kind"] == "synthetic" and td["seed"] == 7 and td["n_test"] == 60 and td["n_train"] == 180
-    assert td["generator"]["bal_effect"]["ebv_mean"] > 0 and td["generator"]["photometry"] == "dr"
+    assert td["generator"]["bal_effect"]["ebv_mean"] > 0
+    # --lc-history mixed (the default): recorded with its counts, each part's generator settings
+    assert td["lc_history"]["mode"] == "mixed" and td["lc_history"]["counts"] == {"dr": 96, "ztf_alert": 96,
+                                                                                   "lsst_alert": 48}
+    assert td["lc_history"]["window_days"] == {"ztf_alert": 30.0, "lsst_alert": 365.0}
+    parts = td["generator"]["parts"]
+    assert parts["dr"]["photometry"] == "dr" and parts["ztf_alert"]["photometry"] == "packet"
+    assert parts["lsst_alert"]["survey"] == "lsst" and parts["ztf_alert"]["ztf_no_forced_fraction"] == 0.5
+    assert head["training_config"]["lc_history"] == "mixed"
+    by_hist = lc["metrics"]["test_by_lc_history"]
+    assert set(by_hist) == {"dr", "ztf_alert", "lsst_alert"} and all(v["in_training"] for v in by_hist.values())
+    assert sum(v["n_objects"] for v in by_hist.values()) == 60
+    assert "test_by_lc_history" in m["models"]["fusion_attention"]["metrics"]
     assert 0 < td["bal_fraction"] < 1 and td["n_bal"] + td["n_nonbal"] == td["n_fit"]
     att = m["models"]["fusion_attention"]
     assert [i["name"] for i in att["inputs"]] == ["lc_features", "spec_embedding"]
     assert att["feature_names"] == list(FEATURE_NAMES)
     assert "feature_names" not in m["models"]["fusion_late"] and "feature_names" not in m["models"]["spectral"]
-    for role, entry in m["models"].items():
+    for role in ("bal_lc", "spectral", "fusion_late", "fusion_attention"):
+        entry = m["models"][role]
         assert entry["metrics"]["onnx_parity_max_abs"] <= 1e-5, role
         assert entry["metrics"]["cv"]["folds"] == 3, role
         assert set(entry["metrics"]["test_common"]["bal"]) == {"precision", "recall", "f1"}
 
+    # the candidate scorer, through the extra_models hook, at TINY settings (N <= 400)
+    rh, ce = m["models"]["ranking_head"], m["models"]["cutout_encoder"]
+    assert rh["encoder_sha256"] == ce["sha256"] and rh["meta_names"][-1] == "survey_lsst"
+    assert rh["training_data"]["n_alerts"] == 160 and ce["config"]["epochs"] == 2
+    assert rh["metrics"]["onnx_max_abs_diff"] <= 1e-5
+    assert "combine" in head["decision_rule"]
+
     report = (out / "report" / "report.md").read_text()
     assert "Trained on synthetic data" in report and "82.35%" in report and "88.52%" in report
     assert "What this bundle is and is not good for" in report
+    assert "## Light curve only, by light-curve history" in report and "ZTF alert (30-day history)" in report
+    assert "## Candidate scorer" in report and "random encoder" in report
     assert "synthetic" in (out / "README.md").read_text().lower()
 
 
@@ -209,10 +240,22 @@ def test_train_on_real_formats_end_to_end(tmp_path: Path) -> None:
     inputs = _write_real_inputs(tmp_path / "in")
     out = tmp_path / "real_bundle"
     assert main(["train", "--dr16q", str(inputs["dr16q"]), "--spectra", str(inputs["spectra"]),
-                 "--lightcurves", str(inputs["lightcurves"]), "--out", str(out), "--seed", "3", "-q", *TINY]) == 0
+                 "--lightcurves", str(inputs["lightcurves"]), "--out", str(out), "--seed", "3", "-q",
+                 "--lc-history", "alert", "--no-scorer", *TINY]) == 0
     bundle = ModelBundle.load(out)
     m = bundle.manifest
     assert m["bundle"]["trained_on"] == "real" and bundle.name == "bal-dr16q"
+    # --no-scorer: no scorer models, the BAL-probability rule; the choice is in the recorded command
+    assert "cutout_encoder" not in bundle.sessions and not BundleStage(bundle).has_candidate_scorer
+    assert "combine" not in m["bundle"]["decision_rule"] and "--no-scorer" in m["bundle"]["training_command"]
+    # --lc-history alert on real light curves: cut windows; the left-out data-release kind is evaluated on
+    # the held-out objects' full light curves
+    lh = m["models"]["bal_lc"]["training_data"]["lc_history"]
+    assert lh["mode"] == "alert" and set(lh["counts"]) == {"ztf_alert", "lsst_alert"}
+    assert lh["ztf_no_forced_fraction"] is None and "truncate" in lh["method"]
+    by_hist = m["models"]["bal_lc"]["metrics"]["test_by_lc_history"]
+    n_test = m["models"]["bal_lc"]["training_data"]["n_test"]
+    assert by_hist["dr"]["in_training"] is False and by_hist["dr"]["n_objects"] == n_test
     src = m["models"]["bal_lc"]["training_data"]["sources"]
     assert src["label_source"] == "BI_CIV" and src["labelled"] == inputs["n"] - 1
     # every light-curve source of a labelled quasar is matched (row 3 is unlabelled; one source is a stranger)
@@ -313,3 +356,64 @@ def test_balanced_downsample_matches_the_bal_distribution() -> None:
     assert kept_non.size <= int(y.sum()) + 64
     # non-BALs now follow the BALs in z (the unbalanced set did not)
     assert abs(np.median(z[kept_non]) - np.median(z[y == 1])) < 0.1 < abs(np.median(z[y == 0]) - np.median(z[y == 1]))
+
+
+# ------------------------------------------------------------------------------ light-curve histories
+
+
+def test_kind_counts_follow_the_mixes() -> None:
+    for mode, mix in HISTORY_MIXES.items():
+        for n in (1, 7, 240, 6000):
+            counts = kind_counts(n, mode)
+            assert sum(counts.values()) == n and set(counts) == set(mix)
+            for k, f in mix.items():
+                assert abs(counts[k] - n * f) < 1
+    with pytest.raises(ValueError):
+        kind_counts(10, "weekly")
+
+
+def test_truncate_lightcurves_keeps_an_alert_window(tiny_set: Any) -> None:
+    lcs = tiny_set.lightcurves[0]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        cut = truncate_lightcurves(lcs, 30.0, rng)
+        times = np.concatenate([lc.mjd for lc in cut.values()])
+        assert times.size and times.max() - times.min() < 30.0
+        end = times.max()
+        for b, lc in cut.items():
+            assert len(lc) and lc.kind == lcs[b].kind
+            full = lcs[b]
+            inside = (full.mjd > end - 30.0) & (full.mjd <= end)
+            np.testing.assert_array_equal(lc.mjd, full.mjd[inside])
+            np.testing.assert_array_equal(lc.mag, full.mag[inside])
+    assert truncate_lightcurves({}, 30.0, rng) == {}
+    a, b = window_copies(tiny_set.lightcurves[:5], "ztf_alert", 1), window_copies(tiny_set.lightcurves[:5],
+                                                                                  "ztf_alert", 1)
+    assert [{k: v.mjd.tolist() for k, v in x.items()} for x in a] == [{k: v.mjd.tolist() for k, v in x.items()}
+                                                                      for x in b]
+
+
+def test_synthetic_alert_histories_are_short_and_decoded_by_the_plugin() -> None:
+    data = synthetic_dataset(60, 5, bal_fraction=0.3, lc_history="dr", n_eval=40)
+    assert set(data.kinds().tolist()) == {"dr"} and set(data.lc_eval) == {"ztf_alert", "lsst_alert"}
+    spans = {}
+    for k, ev in data.lc_eval.items():
+        assert ev.rows is None and len(ev.lightcurves) == 40 and ev.labels.shape == (40,)
+        spans[k] = max((lc.mjd.max() - lc.mjd.min() for c in ev.lightcurves for lc in c.values() if len(lc)),
+                       default=0.0)
+    assert spans["ztf_alert"] <= 31.0 < spans["lsst_alert"] <= 366.0  # ZTF 30 days, Rubin 12 months
+    assert {b for c in data.lc_eval["lsst_alert"].lightcurves for b in c} - {"u", "g", "r", "i", "z", "y"} == set()
+    dr_span = max(lc.mjd.max() - lc.mjd.min() for c in data.lightcurves for lc in c.values() if len(lc))
+    assert dr_span > 1000.0
+    alert = synthetic_dataset(30, 5, lc_history="alert", n_eval=0)
+    assert set(alert.kinds().tolist()) <= set(KINDS) - {"dr"} and alert.lc_eval == {}
+
+
+def test_scorer_settings_scale_with_n() -> None:
+    from training.scorer import TINY
+
+    assert scorer_settings(240) == TINY
+    small, full = scorer_settings(1000), scorer_settings(6000)
+    assert full["n_alerts"] == 3000 and full["encoder_epochs"] == 10 and full["projection"] == "tsne"
+    assert 400 <= small["n_alerts"] < full["n_alerts"] and small["encoder_epochs"] < full["encoder_epochs"]
+    assert scorer_settings(100000) == full

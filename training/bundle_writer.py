@@ -157,6 +157,11 @@ def write_bundle(
         # fixed names keep two runs with the same seed byte-identical
         art.model.graph.name = art.role
         art.model.graph.doc_string = art.description
+        # merged graphs list their opsets in set order (it varies with PYTHONHASHSEED): sort them
+        opsets = sorted((o.domain, o.version) for o in art.model.opset_import)
+        del art.model.opset_import[:]
+        for domain, op_version in opsets:
+            art.model.opset_import.add(domain=domain, version=op_version)
         digest = save(art.model, directory / fname)
         inputs, outputs = io_spec(art.model)
         entry: dict[str, Any] = {

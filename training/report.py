@@ -11,7 +11,12 @@ is 0.5 for every model: each is trained class-balanced (balanced bootstrap, bala
 ``pos_weight``), so 0.5 is the balanced operating point, and no threshold is tuned on the test set.
 
 Figures (matplotlib, Agg backend, small PNGs): confusion matrices, precision-recall curves, per-fold
-CV metrics, the forest's feature importances, the attention weights, the attention net's loss curves.
+CV metrics, the forest's feature importances, the attention weights, the attention net's loss curves,
+and (written by :mod:`training.scorer`) the 2-D projection of the cutout embedding coloured by class.
+
+Sections beyond the reference table: the light-curve model per light-curve history (data release vs
+ZTF / Rubin alert windows, :mod:`training.lc_history`), and the candidate scorer (ranking-head
+precision / recall / F1 / ROC AUC, ablations, kNN accuracy of the trained vs a random encoder).
 """
 
 from __future__ import annotations
@@ -301,6 +306,85 @@ def cv_table(cv: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def history_table(by_history: Mapping[str, Mapping[str, Any]], role: str = "bal_lc") -> str:
+    """One row per light-curve kind: where the objects come from, how many get a probability, and
+    ``role``'s held-out metrics on those (threshold 0.5)."""
+    lines = ["| light curves | in training | objects | with a probability | BAL P | BAL R | BAL F1 | non-BAL F1 | "
+             "ROC AUC | AP | n (BAL) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for h in by_history.values():
+        m = h.get(role)
+        if m is None:
+            continue
+        n_obj = h["n"] if role == "bal_lc" else m["n"]
+        cov = f"{h['n_scored']} ({100 * h['n_scored'] / max(1, h['n']):.0f}%)" if role == "bal_lc" else "-"
+        auc, ap = m["roc_auc"], m["average_precision"]
+        lines.append(
+            f"| {h['title']} | {'yes' if h['in_training'] else 'no (evaluation only)'} | {n_obj} | {cov} | "
+            f"{_pct(m['bal']['precision'])} | {_pct(m['bal']['recall'])} | {_pct(m['bal']['f1'])} | "
+            f"{_pct(m['nonbal']['f1'])} | {'n/a' if not math.isfinite(auc) else f'{auc:.3f}'} | "
+            f"{'n/a' if not math.isfinite(ap) else f'{ap:.3f}'} | {m['n']} ({m['n_bal']}) |")
+    return "\n".join(lines)
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{float(v):.{digits}f}"
+
+
+def scorer_section(scorer: Mapping[str, Any]) -> list[str]:
+    """Markdown for the candidate scorer: head metrics, ablations, the encoder's kNN figures, the
+    SIMBAD check on real alerts if it ran, and the embedding picture."""
+    entries = scorer.get("entries") or {}
+    head = entries.get("ranking_head") or {}
+    enc = entries.get("cutout_encoder") or {}
+    hm, em = head.get("metrics") or {}, enc.get("metrics") or {}
+    htd = head.get("training_data") or {}
+    etd = enc.get("training_data") or {}
+    out = ["## Candidate scorer (cutout encoder + ranking head)", "",
+           "`candidate_score = ranking-head probability x (bal_fusion_prob if known else bal_lc_prob)`, null with a "
+           "flag when the alert has no usable cutout or no BAL probability; `is_candidate = candidate_score >= "
+           "threshold` (the rule and its reasons: `broker_plugin/scoring.py`). The head answers \"is this alert a "
+           "quasar worth following up\" (positives: BAL and non-BAL quasars; negatives: stars, supernovae, blazars, "
+           "bogus), from the contrastive embedding of the cutouts, the light-curve features and the alert metadata.",
+           "",
+           f"Trained on {htd.get('n_alerts', '?')} synthetic alerts (ZTF and Rubin packets decoded by the plugin; "
+           f"classes {htd.get('class_counts', {})}), {htd.get('n_test', '?')} held out; the encoder on "
+           f"{etd.get('n_stamps', '?')} unlabelled stamps. Synthetic metadata separates the classes more easily "
+           "than the sky does: these figures overstate real performance.", "",
+           "### Ranking head, held-out synthetic alerts (threshold 0.5)", "",
+           "| set | precision | recall | F1 | ROC AUC | AP |", "|---|---|---|---|---|---|",
+           f"| all held-out alerts ({htd.get('n_test', '?')}) | {_pct(hm.get('test_precision'))} | "
+           f"{_pct(hm.get('test_recall'))} | {_pct(hm.get('test_f1'))} | {_f(hm.get('test_roc_auc'))} | "
+           f"{_f(hm.get('test_average_precision'))} |"]
+    for key, title in (("ztf", "ZTF"), ("lsst", "Rubin"), ("ztf_no_forced", "ZTF without forced photometry")):
+        if f"test_{key}_roc_auc" in hm:
+            out.append(f"| {title} ({hm.get(f'test_{key}_n', '?')}) | | | {_pct(hm.get(f'test_{key}_f1'))} | "
+                       f"{_f(hm.get(f'test_{key}_roc_auc'))} | |")
+    for key, title in (("no_embedding", "ablation: without the image embedding"),
+                       ("embedding_only", "ablation: image embedding only")):
+        if f"ablation_{key}_roc_auc" in hm:
+            out.append(f"| {title} | | | {_pct(hm.get(f'ablation_{key}_f1'))} | "
+                       f"{_f(hm.get(f'ablation_{key}_roc_auc'))} | |")
+    real = hm.get("real_simbad_check")
+    if isinstance(real, Mapping) and real.get("n"):
+        out.append(f"| real ZTF alerts labelled by SIMBAD ({real['n']}, {real.get('n_positive')} quasar/AGN) | "
+                   f"{_pct(real.get('precision'))} | {_pct(real.get('recall'))} | | {_f(real.get('roc_auc'))} | |")
+    out += ["", "### Cutout encoder: kNN (k=5) accuracy on held-out stamps", "",
+            "Does the self-supervised embedding group stamps of the same kind (point / nuclear / extended / "
+            "artifact) without ever seeing a label? The same network at its random initialisation, and raw pixels, "
+            "are the baselines.", "",
+            "| embedding | all kinds | point / extended / artifact | alert stamps, morphology |",
+            "|---|---|---|---|"]
+    for key, title in (("trained", "trained encoder"), ("random", "random encoder (same architecture)"),
+                       ("raw_pixels", "raw pixels")):
+        out.append(f"| {title} | {_pct(em.get(f'knn_{key}_acc'))} | {_pct(em.get(f'knn_{key}_acc_3kinds'))} | "
+                   f"{_pct(em.get(f'knn_alert_morphology_acc_{key}'))} |")
+    out += ["", f"NT-Xent loss {_f(em.get('loss_first_epoch'))} (first epoch) -> {_f(em.get('loss_last_epoch'))} "
+            "(last epoch).", ""]
+    if scorer.get("figure"):
+        out += [f"![cutout embedding, 2-D projection coloured by class]({scorer['figure']})", ""]
+    return out
+
+
 def write_report(report_dir: Path, ctx: Mapping[str, Any]) -> Path:
     """Write ``report.md``, ``metrics.json`` and the figures into ``report_dir``; returns report.md.
 
@@ -308,7 +392,10 @@ def write_report(report_dir: Path, ctx: Mapping[str, Any]) -> Path:
     ``test`` (role -> class_metrics on the common test rows), ``test_all`` (role -> metrics on every
     test row the model applies to), ``cv`` (role -> summarise_folds), ``curves`` (role -> (y, p)),
     ``late`` (weights), ``attention`` (history, att_spec, y), ``importances``, ``parity``, ``timings``,
-    ``figures`` (bool), ``command``, ``limitations`` (list of lines).
+    ``figures`` (bool), ``command``, ``limitations`` (list of lines); optional ``by_history`` (light-curve
+    kind -> held-out metrics of ``bal_lc`` / ``fusion_attention``, :func:`training.train._lc_by_history`)
+    and ``scorer`` (``{"entries": {role: manifest entry}, "figure": PNG name or None}`` for the candidate
+    scorer: its metrics tables and the embedding picture are linked from report.md).
     """
     report_dir.mkdir(parents=True, exist_ok=True)
     figs: dict[str, str] = {}
@@ -350,6 +437,13 @@ def write_report(report_dir: Path, ctx: Mapping[str, Any]) -> Path:
                    f"{d['downsample']}.")
     if d.get("spectrum_failures"):
         out.append(f"- Spectra that could not be preprocessed: {d['spectrum_failures']}.")
+    lh = d.get("lc_history")
+    if lh:
+        out.append(f"- Light curves (`--lc-history {lh['mode']}`, training/lc_history.py): "
+                   + ", ".join(f"{k} {v}" for k, v in lh["counts"].items())
+                   + (f"; alert windows {lh['window_days']} days" if lh.get("window_days") else "")
+                   + (f"; {100 * lh['ztf_no_forced_fraction']:.0f}% of ZTF alerts without forced photometry"
+                      if lh.get("ztf_no_forced_fraction") else "") + f" ({lh['method']}).")
     if d.get("generator"):
         out += ["", "Generator parameters (training.synthetic.generate_training_set):", "", "```json",
                 json.dumps(plain(d["generator"]), indent=1), "```"]
@@ -367,6 +461,20 @@ def write_report(report_dir: Path, ctx: Mapping[str, Any]) -> Path:
         out += ["Each single-modality model on every test object it applies to:", "", summary_table(extra), ""]
     if "confusion" in figs:
         out += [f"![confusion matrices]({figs['confusion']})", "", f"![precision-recall curves]({figs['pr']})", ""]
+
+    by_hist = ctx.get("by_history") or {}
+    if by_hist:
+        out += ["## Light curve only, by light-curve history", "",
+                "What the light-curve model can do on each kind of light curve: data-release light curves (years "
+                "of photometry, the reference study's setting) against the histories alerts actually carry (ZTF: "
+                "30 days, half of them without forced photometry; Rubin: 12 months). Held-out objects only; "
+                "metrics on the objects with a probability (>= "
+                f"{d['min_points']} points in g or r; the others get null + `too_few_points` at run time). Kinds "
+                "not in training are scored on an evaluation-only set.", "", history_table(by_hist, "bal_lc"), ""]
+        if any(h.get("fusion_attention") for h in by_hist.values()):
+            out += ["The attention fusion on the same held-out objects with a spectrum (the spectrum carries most "
+                    "of the weight, so the light-curve history matters less):", "",
+                    history_table(by_hist, "fusion_attention"), ""]
 
     late = ctx.get("late")
     if late:
@@ -397,10 +505,16 @@ def write_report(report_dir: Path, ctx: Mapping[str, Any]) -> Path:
         out += [f"![cv folds]({figs['cv']})", ""]
     if "importance" in figs:
         out += ["## Light-curve features", "", f"![feature importance]({figs['importance']})", ""]
+    if ctx.get("scorer"):
+        out += scorer_section(ctx["scorer"])
 
     out += ["## ONNX parity", "", "| model | max abs difference | checked on |", "|---|---|---|"]
     for role, p in ctx["parity"].items():
         out.append(f"| {role} | {p['max_abs_diff']:.2e} | {p['checked_on']} |")
+    for role, e in ((ctx.get("scorer") or {}).get("entries") or {}).items():
+        d = (e.get("metrics") or {}).get("onnx_max_abs_diff")
+        if d is not None:
+            out.append(f"| {role} | {d:.2e} | held-out {'stamps' if role == 'cutout_encoder' else 'alerts'} |")
     out += ["", "## Timings", "", "| step | seconds |", "|---|---|"]
     out += [f"| {k} | {v:.1f} |" for k, v in ctx["timings"].items()]
     out += ["", "## What this bundle is and is not good for", ""]
@@ -408,6 +522,8 @@ def write_report(report_dir: Path, ctx: Mapping[str, Any]) -> Path:
     out.append("")
     path = report_dir / "report.md"
     path.write_text("\n".join(out), encoding="utf-8")
-    metrics = {k: ctx[k] for k in ("test", "test_all", "cv", "late", "parity", "timings") if k in ctx}
+    metrics = {k: ctx[k] for k in ("test", "test_all", "cv", "by_history", "late", "parity", "timings") if k in ctx}
+    if ctx.get("scorer"):
+        metrics["scorer"] = {r: e.get("metrics") for r, e in (ctx["scorer"].get("entries") or {}).items()}
     (report_dir / "metrics.json").write_text(json.dumps(rounded(metrics, 6), indent=1), encoding="utf-8")
     return path

@@ -2,19 +2,22 @@
 
 Usage::
 
-    bal-broker train --synthetic N --out DIR [--seed S]
+    bal-broker train --synthetic N --out DIR [--seed S] [--lc-history dr|alert|mixed] [--no-scorer]
     bal-broker train --dr16q DR16Q.fits --spectra SPEC_DIR --lightcurves LC_DIR --out DIR [--seed S]
 
 Steps (each logged; a progress bar instead when stderr is a terminal):
 
-1. **Data.** Synthetic: :func:`training.synthetic.generate_training_set` with ``photometry="dr"``
-   (data-release light curves, as the reference study's ZTF light curves) and an SDSS-like spectrum for
-   every quasar. Real: :func:`~training.catalogues.load_dr16q` (labels from ``BI_CIV`` unless told
-   otherwise; unlabelled rows dropped), spec-lite files found with
+1. **Data.** Synthetic: :func:`training.synthetic.generate_training_set`, an SDSS-like spectrum for
+   every quasar and light curves of the kinds ``--lc-history`` asks for (:mod:`training.lc_history`;
+   default ``mixed``: data-release light curves as the reference study's, plus ZTF 30-day and Rubin
+   12-month alert histories made by writing synthetic alert packets and decoding them with the
+   plugin -- the train/serve mismatch fix). Real: :func:`~training.catalogues.load_dr16q` (labels
+   from ``BI_CIV`` unless told otherwise; unlabelled rows dropped), spec-lite files found with
    :func:`~training.catalogues.spec_lite_path`, IRSA light curves with
    :func:`~training.catalogues.load_ztf_lightcurves` matched by position
    (:func:`~training.catalogues.match_lightcurves`). Objects may lack either modality: each model
-   uses the objects it can, and an object with neither is dropped (counted in the report).
+   uses the objects it can, and an object with neither is dropped (counted in the report); with
+   ``--lc-history alert|mixed`` part of the IRSA light curves are cut to alert-length windows.
 2. **Features** with the plugin's own :func:`broker_plugin.features.compute_features_batch`;
    spectra preprocessed once with :func:`training.spectra.preprocess_batch` (failures counted by reason).
 3. **Split**: a stratified 25% test split, held out from everything below.
@@ -25,10 +28,15 @@ Steps (each logged; a progress bar instead when stderr is a terminal):
 6. **Late fusion** fitted on the two models' out-of-fold probabilities (:mod:`training.fusion`).
 7. **Attention fusion** on raw features + the spectral embedding, 5-fold CV then a final fit.
 8. **Test evaluation** of all models on the common test objects (both modalities), plus an
-   ablation (the attention net without light curve).
-9. **Export** every model to ONNX with a parity check (<= 1e-5), write the bundle and the spectral
-   catalogue (every object with a usable spectrum: position, z, embedding, p_spec), re-load the bundle
-   through the plugin's verifier, write the report.
+   ablation (the attention net without light curve), and of the light-curve model per light-curve
+   kind (data release, ZTF alert, Rubin alert; kinds left out of training on an evaluation-only set).
+9. **Export** every model to ONNX with a parity check (<= 1e-5).
+10. **Candidate scorer** (:func:`training.scorer.train_candidate_scorer`, through the ``extra_models``
+    hook; ``--no-scorer`` skips it): the cutout encoder and the ranking head, trained on synthetic
+    alert packets, written beside the other models. Its size follows N (:func:`scorer_settings`).
+11. Write the bundle and the spectral catalogue (every object with a usable spectrum: position, z,
+    embedding, p_spec), re-load the bundle through the plugin's verifier (checksums, feature names,
+    the scorer's meta columns and encoder hash), write the report.
 
 The held-out test split is never used to fit, to stop early or to choose anything; the decision
 threshold is 0.5 throughout (all models are trained class-balanced). The default bundle is built with
@@ -147,9 +155,32 @@ class Dataset:
     spec_ok: np.ndarray
     spec_reasons: list[str]
     description: dict[str, Any] = field(default_factory=dict)
+    #: Light-curve kind of each object (:data:`training.lc_history.KINDS`); None = all ``dr``.
+    history: np.ndarray | None = None
+    #: Evaluation-only light curves of kinds left out of training (see :class:`EvalSet`).
+    lc_eval: dict[str, EvalSet] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.size)
+
+    def kinds(self) -> np.ndarray:
+        return self.history if self.history is not None else np.full(len(self), "dr")
+
+
+@dataclass
+class EvalSet:
+    """Light curves of one kind used only to evaluate the light-curve model, never to fit.
+
+    ``rows`` given: the i-th light curve is a copy (cut to the kind's window) of Dataset object
+    ``rows[i]``, and only held-out test objects are scored. ``rows`` None: separate objects (a
+    separately simulated set), all scored.
+    """
+
+    kind: str
+    lightcurves: list[dict[str, Any]]
+    labels: np.ndarray
+    rows: np.ndarray | None = None
+    description: str = ""
 
 
 def _preprocess(spectra: Sequence[Any | None], z: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -170,31 +201,64 @@ def _preprocess(spectra: Sequence[Any | None], z: np.ndarray) -> tuple[np.ndarra
     return out, ok, reasons
 
 
-def synthetic_dataset(n: int, seed: int, *, bal_fraction: float | None = None, photometry: str = "dr",
-                      effect: Any = None) -> Dataset:
-    """``n`` synthetic quasars (see :mod:`training.synthetic.dataset`), spectra preprocessed."""
-    from training.synthetic import generate_training_set
+def synthetic_dataset(n: int, seed: int, *, bal_fraction: float | None = None, lc_history: str = "mixed",
+                      effect: Any = None, n_eval: int | None = None) -> Dataset:
+    """``n`` synthetic quasars (see :mod:`training.synthetic.dataset`), spectra preprocessed.
 
-    kwargs: dict[str, Any] = {"photometry": photometry}
+    Light curves: the kinds of ``lc_history`` in its proportions (:mod:`training.lc_history`), each
+    kind simulated with its own seed. Kinds left out get an evaluation-only set of ``n_eval``
+    objects (default a quarter of ``n``, at least 100, at most 3000; no spectra).
+    """
+    from training import lc_history as lh
+
+    kwargs: dict[str, Any] = {}
     if bal_fraction is not None:
         kwargs["bal_fraction"] = bal_fraction
     if effect is not None:
         kwargs["effect"] = effect
-    ts = generate_training_set(n, seed, **kwargs)
-    spectra, ok, reasons = _preprocess(ts.spectra, np.asarray(ts.z, dtype=np.float64))
-    ids = np.array([f"synth-{seed}-{i:06d}" for i in range(len(ts))])
+    counts = lh.kind_counts(n, lc_history)
+    parts = [(k, lh.synthetic_kind_set(k, counts[k], lh.sub_seed(seed, k), **kwargs))
+             for k in lh.KINDS if counts.get(k, 0) > 0]
+    lightcurves = [lc for _, ts in parts for lc in ts.lightcurves]
+    spectra_raw = [sp for _, ts in parts for sp in ts.spectra]
+    truth = [t for _, ts in parts for t in ts.truth]
+    z = np.concatenate([np.asarray(ts.z, dtype=np.float64) for _, ts in parts])
+    labels = np.concatenate([np.asarray(ts.labels) for _, ts in parts]).astype(np.int64)
+    history = np.array([k for k, ts in parts for _ in range(len(ts))], dtype=str)
+    spectra, ok, reasons = _preprocess(spectra_raw, z)
+    ids = np.array([f"synth-{seed}-{i:06d}" for i in range(len(labels))])
+    meta0 = dict(parts[0][1].meta)
+    per_part = ("seed", "n", "survey", "photometry", "baseline_days", "ztf_no_forced_fraction")
+    generator = {k: v for k, v in meta0.items() if k not in per_part}
+    generator.update(seed=seed, n=n, parts={k: {key: ts.meta.get(key) for key in per_part} for k, ts in parts})
+    history_desc = lh.describe(lc_history, counts=counts, method="data-release light curves (photometry='dr'); "
+                               "alert kinds: synthetic alert packets decoded by broker_plugin.decode "
+                               "(photometry='packet')")
+    lc_eval: dict[str, EvalSet] = {}
+    m = n_eval if n_eval is not None else int(min(3000, max(100, round(0.25 * n))))
+    for k in lh.KINDS:
+        if counts.get(k, 0) == 0 and m > 0:
+            ts = lh.synthetic_kind_set(k, m, lh.eval_seed(seed, k), with_spectra=False, **kwargs)
+            lc_eval[k] = EvalSet(k, list(ts.lightcurves), np.asarray(ts.labels).astype(np.int64), None,
+                                 f"{m} separately simulated objects (seed {lh.eval_seed(seed, k)}), not in training")
     return Dataset(
-        kind="synthetic", ids=ids, ra=np.array([t["ra"] for t in ts.truth], dtype=np.float64),
-        dec=np.array([t["dec"] for t in ts.truth], dtype=np.float64), z=np.asarray(ts.z, dtype=np.float64),
-        labels=np.asarray(ts.labels).astype(np.int64), lightcurves=list(ts.lightcurves), spectra=spectra,
-        spec_ok=ok, spec_reasons=reasons, description={"generator": dict(ts.meta)},
+        kind="synthetic", ids=ids, ra=np.array([t["ra"] for t in truth], dtype=np.float64),
+        dec=np.array([t["dec"] for t in truth], dtype=np.float64), z=z, labels=labels, lightcurves=lightcurves,
+        spectra=spectra, spec_ok=ok, spec_reasons=reasons,
+        description={"generator": generator, "lc_history": history_desc},
+        history=history, lc_eval=lc_eval,
     )
 
 
 def real_dataset(dr16q: str | Path, spectra_dir: str | Path, lightcurves: str | Path, *,
                  label_column: str | None = None, labels_csv: str | Path | None = None,
-                 progress: Progress | None = None) -> Dataset:
-    """DR16Q (labelled rows) + spec-lite spectra + IRSA ZTF light curves matched by position."""
+                 progress: Progress | None = None, lc_history: str = "mixed", seed: int = 0) -> Dataset:
+    """DR16Q (labelled rows) + spec-lite spectra + IRSA ZTF light curves matched by position.
+
+    ``lc_history`` (:mod:`training.lc_history`): that share of the light curves is cut to ZTF 30-day
+    / 365-day windows ending at a random point (seeded by ``seed``); kinds left out of training are
+    evaluated on cut copies of the held-out objects' light curves."""
+    from training import lc_history as lh
     from training.catalogues import (
         load_dr16q,
         load_spec_lite,
@@ -252,13 +316,28 @@ def real_dataset(dr16q: str | Path, spectra_dir: str | Path, lightcurves: str | 
     curves: list[dict[str, Any]] = [{} for _ in range(n)]
     for key, row in matches.items():
         curves[int(row)] = {b: lc for b, lc in lcs[key].items()}
+    history = lh.assign_kinds(n, lc_history, seed)
+    train_curves: list[dict[str, Any]] = list(curves)
+    for k in lh.KINDS:
+        rows = np.flatnonzero(history == k)
+        if k != "dr" and rows.size:
+            for i, lc in zip(rows, lh.window_copies([curves[i] for i in rows], k, seed), strict=True):
+                train_curves[int(i)] = lc
+    labels = cat.label.astype(np.int64)
+    lc_eval = {k: EvalSet(k, lh.window_copies(curves, k, seed), labels, np.arange(n),
+                          "held-out objects' light curves cut to this kind's window, not in training")
+               for k in lh.KINDS if not (history == k).any()}
+    counts = {k: int((history == k).sum()) for k in lh.KINDS if (history == k).any()}
     desc = {"sources": {"dr16q": str(dr16q), "spectra": str(spectra_dir), "lightcurves": str(lightcurves),
                         "label_source": cat.label_source, "catalogue_rows_in_z_range": n_rows,
-                        "labelled": n, "lightcurve_sources": len(lcs), "matched_lightcurves": len(matches)}}
+                        "labelled": n, "lightcurve_sources": len(lcs), "matched_lightcurves": len(matches)},
+            "lc_history": lh.describe(lc_history, counts=counts, method="IRSA light curves; alert kinds cut to "
+                                      "windows ending at a random point (training.lc_history.truncate_lightcurves)",
+                                      forced_fraction=False)}
     return Dataset(kind="real", ids=np.asarray(cat.name).astype(str), ra=cat.ra.astype(np.float64),
                    dec=cat.dec.astype(np.float64), z=cat.z.astype(np.float64),
-                   labels=cat.label.astype(np.int64), lightcurves=curves, spectra=spectra, spec_ok=ok,
-                   spec_reasons=reasons, description=desc)
+                   labels=labels, lightcurves=train_curves, spectra=spectra, spec_ok=ok,
+                   spec_reasons=reasons, description=desc, history=history, lc_eval=lc_eval)
 
 
 # ====================================================================================== config
@@ -282,6 +361,7 @@ class TrainConfig:
     version: str = "0.1.0"
     figures: bool = True
     command: str | None = None
+    lc_history: str = "mixed"
 
     def __post_init__(self) -> None:
         from training.fusion import AttentionConfig
@@ -297,6 +377,10 @@ class TrainConfig:
             raise ConfigError(f"--candidate-threshold must be in [0, 1], got {self.candidate_threshold}")
         if self.downsample_ratio is not None and self.downsample_ratio <= 0:
             raise ConfigError(f"--downsample-ratio must be positive, got {self.downsample_ratio}")
+        from training.lc_history import LC_HISTORIES
+
+        if self.lc_history not in LC_HISTORIES:
+            raise ConfigError(f"--lc-history must be one of {', '.join(LC_HISTORIES)}, got {self.lc_history!r}")
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("lc", "attention", "command")}
@@ -322,6 +406,9 @@ class TrainResult:
             if m and m["n"]:
                 f1 = m["bal"]["f1"]
                 parts.append(f"{role} BAL F1 {100 * f1:.1f}%" if f1 == f1 else f"{role} BAL F1 n/a")
+        head = (self.manifest.get("models", {}).get("ranking_head") or {}).get("metrics") or {}
+        if head.get("test_roc_auc") is not None:
+            parts.append(f"candidate scorer head ROC AUC {head['test_roc_auc']:.3f}")
         return (f"train: bundle written to {self.out} in {self.elapsed_s:.1f} s; test split: " + ", ".join(parts))
 
 
@@ -363,13 +450,16 @@ def _both_classes(y: np.ndarray, what: str) -> None:
 
 def train(data: Dataset, out: str | Path, config: TrainConfig | None = None, *,
           progress: Progress | None = None,
-          extra_models: Callable[[Path], Mapping[str, Mapping[str, Any]]] | None = None) -> TrainResult:
+          extra_models: Callable[[Path], Mapping[str, Mapping[str, Any]]] | None = None,
+          extra_step: str = "extra models") -> TrainResult:
     """Train every model on ``data``, write the bundle to ``out`` and its report to ``out/report``.
 
     ``extra_models(staging_dir) -> {role: manifest entry}`` is the hook for models trained elsewhere
-    (the candidate scorer's ``cutout_encoder`` / ``ranking_head``): it writes its files into the
-    staging directory and returns their entries, which go into the same manifest and are verified
-    with everything else before the bundle replaces ``out``.
+    (the candidate scorer's ``cutout_encoder`` / ``ranking_head``, :func:`scorer_hook`): it writes
+    its files into the staging directory (figures into ``staging_dir/report``) and returns their
+    entries, which go into the same manifest and are verified with everything else before the
+    bundle replaces ``out``; it runs as its own progress step named ``extra_step``. Their metrics
+    (from the entries) and ``report/scorer_embedding.png`` (if written) go into the report.
     """
     import broker_plugin
     from broker_plugin.bundle import ModelBundle
@@ -544,6 +634,7 @@ def train(data: Dataset, out: str | Path, config: TrainConfig | None = None, *,
         att_w = att.attention(X[common], E[common]) if common.size else np.empty((0, 2))
         cv = {"bal_lc": summarise_folds(lc_fold_metrics), "spectral": summarise_folds(sp_fold_metrics),
               "fusion_late": summarise_folds(late_fold_metrics), "fusion_attention": summarise_folds(att_fold_metrics)}
+        by_history = _lc_by_history(data, lc_model, is_test, lc_ok, spec_ok, p_lc, p_att, config.min_points)
 
     # ---- export + parity
     with prog.step("ONNX export") as st:
@@ -587,104 +678,131 @@ def train(data: Dataset, out: str | Path, config: TrainConfig | None = None, *,
                                       "checked_on": f"{Xa.shape[0]} rows (test objects + all-NaN features)"}
         st.note = ", ".join(f"{r} {p['max_abs_diff']:.1e}" for r, p in parity.items())
 
-    # ---- bundle + report
-    with prog.step("bundle and report") as st:
-        name = config.name or ("bal-synthetic" if data.kind == "synthetic" else "bal-dr16q")
-        kind = data.kind
-        n_tr, n_te = int(is_train.sum()), int(is_test.sum())
-        gen = data.description.get("generator")
-        base_td: dict[str, Any] = {
-            "kind": kind, "seed": seed, "n_objects": n, "n_train": n_tr, "n_test": n_te,
-            "test_fraction": config.test_fraction,
-        }
-        if gen:
-            base_td["generator"] = gen
-        if data.description.get("sources"):
-            base_td["sources"] = data.description["sources"]
+    # ---- manifest entries (the bundle is written below, after the extra models)
+    name = config.name or ("bal-synthetic" if data.kind == "synthetic" else "bal-dr16q")
+    kind = data.kind
+    n_tr, n_te = int(is_train.sum()), int(is_test.sum())
+    gen = data.description.get("generator")
+    base_td: dict[str, Any] = {
+        "kind": kind, "seed": seed, "n_objects": n, "n_train": n_tr, "n_test": n_te,
+        "test_fraction": config.test_fraction,
+    }
+    if gen:
+        base_td["generator"] = gen
+    if data.description.get("sources"):
+        base_td["sources"] = data.description["sources"]
+    lc_hist_desc = data.description.get("lc_history")
+    if lc_hist_desc:
+        base_td["lc_history"] = lc_hist_desc
 
-        def td(rows_: np.ndarray, what: str, **extra: Any) -> dict[str, Any]:
-            yb = y_all[rows_]
-            return {**base_td, "rows": what, "n_fit": int(rows_.size), "n_bal": int(yb.sum()),
-                    "n_nonbal": int(yb.size - yb.sum()), "bal_fraction": float(yb.mean()) if yb.size else None,
-                    **extra}
+    def td(rows_: np.ndarray, what: str, **extra: Any) -> dict[str, Any]:
+        yb = y_all[rows_]
+        return {**base_td, "rows": what, "n_fit": int(rows_.size), "n_bal": int(yb.sum()),
+                "n_nonbal": int(yb.size - yb.sum()), "bal_fraction": float(yb.mean()) if yb.size else None,
+                **extra}
 
-        def metrics(role: str) -> dict[str, Any]:
-            m: dict[str, Any] = {"threshold": 0.5}
-            if role in test:
-                m["test_common"] = _headline(test[role])
-            if role in test_all:
-                m["test_all_applicable"] = _headline(test_all[role])
-            m["cv"] = {k: v for k, v in cv[role].items() if k != "per_fold"}
-            m["onnx_parity_max_abs"] = parity[role]["max_abs_diff"]
-            return m
+    def metrics(role: str) -> dict[str, Any]:
+        m: dict[str, Any] = {"threshold": 0.5}
+        if role in test:
+            m["test_common"] = _headline(test[role])
+        if role in test_all:
+            m["test_all_applicable"] = _headline(test_all[role])
+        m["cv"] = {k: v for k, v in cv[role].items() if k != "per_fold"}
+        m["onnx_parity_max_abs"] = parity[role]["max_abs_diff"]
+        hist = {k: {"source": v["source"], "in_training": v["in_training"], "n_objects": v["n"],
+                    **_headline(v[role])} for k, v in by_history.items() if v.get(role) is not None}
+        if hist:
+            m["test_by_lc_history"] = hist
+        return m
 
-        version = config.version
-        models = [
-            ModelArtifact("bal_lc", lc_onnx, version,
-                          "Balanced Random Forest on the light-curve feature vector (median imputation + missing "
-                          "indicators inside the graph); probabilities[:, 1] = P(BAL)",
-                          td(final_rows, f"training objects with >= {config.min_points} points in g or r",
-                             class_imbalance="balanced bootstrap per tree (Chen+2004)", downsample=downsample_info,
-                             config=config.lc.as_dict()),
-                          metrics("bal_lc"), FEATURE_NAMES, FEATURE_VERSION,
-                          {"min_points": int(config.min_points), "positive_class": "BAL",
-                           "feature_importances": dict(sorted(lc_model.feature_importances().items(),
-                                                              key=lambda kv: -kv[1])[:10])}),
-            ModelArtifact("spectral", spec_onnx, version,
-                          "C IV-window spectrum (training.spectra preprocessing, flux on the rest-frame grid) -> "
-                          "RBF kernel-PCA embedding -> logistic regression; for offline use and the catalogue",
-                          td(srows, "training objects with a usable spectrum",
-                             class_imbalance="class-balanced logistic regression; class-balanced landmarks",
-                             n_components=embedding.n_components, n_landmarks=int(embedding.landmarks.shape[0]),
-                             preprocess_version=embedding.version),
-                          metrics("spectral"), None, None, {"positive_class": "BAL"}),
-            ModelArtifact("fusion_late", late_onnx, version,
-                          "sigmoid(w_lc logit(p_lc) + w_spec logit(p_spec) + b), fitted on out-of-fold "
-                          "probabilities; NaN p_lc contributes 0",
-                          td(both_tr, "training objects with both modalities (out-of-fold probabilities)"),
-                          metrics("fusion_late"), None, None,
-                          {"weights": {"w_lc": late.w_lc, "w_spec": late.w_spec, "bias": late.bias,
-                                       "spectral_share": late.spectral_share}}),
-            ModelArtifact("fusion_attention", att_onnx, version,
-                          "Multiplicative fusion with modality attention (dense network): raw light-curve "
-                          "features (imputed and scaled inside the graph) + spectral embedding -> P(BAL)",
-                          td(arows, "training objects with a usable spectrum (light-curve features may be NaN)",
-                             class_imbalance=f"BCE with pos_weight {att.history['pos_weight']:.3f}",
-                             config=config.attention.as_dict(), epochs_run=att.history["epochs_run"],
-                             best_epoch=att.history["best_epoch"], n_parameters=n_parameters(att)),
-                          metrics("fusion_attention"), FEATURE_NAMES, FEATURE_VERSION, {"positive_class": "BAL"}),
-        ]
-        cat_rows = np.flatnonzero(spec_ok)
-        catalogue = CatalogueArtifact(
-            ids=data.ids[cat_rows], ra=data.ra[cat_rows], dec=data.dec[cat_rows], z=data.z[cat_rows],
-            embedding=E[cat_rows].astype(np.float32), spec_prob=p_spec[cat_rows].astype(np.float32),
-            description=("synthetic objects (positions from the generator) with their spectral embedding and "
-                         "p_spec" if kind == "synthetic" else
-                         "DR16Q quasars with a usable spec-lite spectrum: embedding and p_spec"),
-        )
-        created = utc_now()
-        limitations = _limitations(kind, test, late)
-        description = (f"{'Synthetic-data' if kind == 'synthetic' else 'DR16Q'} BAL bundle: light-curve forest, "
-                       "spectral model, late and attention fusion, spectral catalogue"
-                       + (". Trained on simulated quasars: for demos, tests and plumbing, not for science."
-                          if kind == "synthetic" else "."))
-        bundle_extra = {
-            "feature_version": FEATURE_VERSION,
-            "decision_rule": "is_candidate = (bal_fusion_prob if known else bal_lc_prob) >= candidate_threshold",
-            "training_command": config.command,
-            "training_config": config.as_dict(),
-            "package_version": broker_plugin.__version__,
-        }
-        staging = staging_dir(out)
-        try:
-            extra_entries = extra_models(staging) if extra_models is not None else None
+    version = config.version
+    models = [
+        ModelArtifact("bal_lc", lc_onnx, version,
+                      "Balanced Random Forest on the light-curve feature vector (median imputation + missing "
+                      "indicators inside the graph); probabilities[:, 1] = P(BAL)",
+                      td(final_rows, f"training objects with >= {config.min_points} points in g or r",
+                         class_imbalance="balanced bootstrap per tree (Chen+2004)", downsample=downsample_info,
+                         config=config.lc.as_dict()),
+                      metrics("bal_lc"), FEATURE_NAMES, FEATURE_VERSION,
+                      {"min_points": int(config.min_points), "positive_class": "BAL",
+                       "feature_importances": dict(sorted(lc_model.feature_importances().items(),
+                                                          key=lambda kv: -kv[1])[:10])}),
+        ModelArtifact("spectral", spec_onnx, version,
+                      "C IV-window spectrum (training.spectra preprocessing, flux on the rest-frame grid) -> "
+                      "RBF kernel-PCA embedding -> logistic regression; for offline use and the catalogue",
+                      td(srows, "training objects with a usable spectrum",
+                         class_imbalance="class-balanced logistic regression; class-balanced landmarks",
+                         n_components=embedding.n_components, n_landmarks=int(embedding.landmarks.shape[0]),
+                         preprocess_version=embedding.version),
+                      metrics("spectral"), None, None, {"positive_class": "BAL"}),
+        ModelArtifact("fusion_late", late_onnx, version,
+                      "sigmoid(w_lc logit(p_lc) + w_spec logit(p_spec) + b), fitted on out-of-fold "
+                      "probabilities; NaN p_lc contributes 0",
+                      td(both_tr, "training objects with both modalities (out-of-fold probabilities)"),
+                      metrics("fusion_late"), None, None,
+                      {"weights": {"w_lc": late.w_lc, "w_spec": late.w_spec, "bias": late.bias,
+                                   "spectral_share": late.spectral_share}}),
+        ModelArtifact("fusion_attention", att_onnx, version,
+                      "Multiplicative fusion with modality attention (dense network): raw light-curve "
+                      "features (imputed and scaled inside the graph) + spectral embedding -> P(BAL)",
+                      td(arows, "training objects with a usable spectrum (light-curve features may be NaN)",
+                         class_imbalance=f"BCE with pos_weight {att.history['pos_weight']:.3f}",
+                         config=config.attention.as_dict(), epochs_run=att.history["epochs_run"],
+                         best_epoch=att.history["best_epoch"], n_parameters=n_parameters(att)),
+                      metrics("fusion_attention"), FEATURE_NAMES, FEATURE_VERSION, {"positive_class": "BAL"}),
+    ]
+    cat_rows = np.flatnonzero(spec_ok)
+    catalogue = CatalogueArtifact(
+        ids=data.ids[cat_rows], ra=data.ra[cat_rows], dec=data.dec[cat_rows], z=data.z[cat_rows],
+        embedding=E[cat_rows].astype(np.float32), spec_prob=p_spec[cat_rows].astype(np.float32),
+        description=("synthetic objects (positions from the generator) with their spectral embedding and "
+                     "p_spec" if kind == "synthetic" else
+                     "DR16Q quasars with a usable spec-lite spectrum: embedding and p_spec"),
+    )
+    created = utc_now()
+    limitations = _limitations(kind, test, late, config.lc_history, by_history)
+    description = (f"{'Synthetic-data' if kind == 'synthetic' else 'DR16Q'} BAL bundle: light-curve forest, "
+                   "spectral model, late and attention fusion, spectral catalogue"
+                   + (". Trained on simulated quasars: for demos, tests and plumbing, not for science."
+                      if kind == "synthetic" else "."))
+    training_config = config.as_dict()
+    training_config["lc_history"] = config.lc_history
+
+    staging = staging_dir(out)
+    try:
+        extra_entries: dict[str, Any] | None = None
+        if extra_models is not None:
+            with prog.step(extra_step) as st:
+                extra_entries = {str(r): dict(e) for r, e in extra_models(staging).items()}
+                st.note = ", ".join(sorted(extra_entries))
+        scorer = {r: extra_entries[r] for r in ("cutout_encoder", "ranking_head")
+                  if extra_entries and r in extra_entries}
+        with prog.step("bundle and report") as st:
+            if len(scorer) == 2:
+                decision_rule = ("candidate_score = ranking_head probability x (bal_fusion_prob if known else "
+                                 "bal_lc_prob); is_candidate = candidate_score >= candidate_threshold "
+                                 "(broker_plugin.scoring.combine)")
+                description += " Candidate scorer: contrastive cutout encoder + ranking head."
+            else:
+                decision_rule = "is_candidate = (bal_fusion_prob if known else bal_lc_prob) >= candidate_threshold"
+            bundle_extra = {
+                "feature_version": FEATURE_VERSION,
+                "decision_rule": decision_rule,
+                "training_command": config.command,
+                "training_config": training_config,
+                "package_version": broker_plugin.__version__,
+            }
             manifest = write_bundle_files(staging, name, version, description, kind, config, models, catalogue,
-                                          bundle_extra, data, is_train, is_test, limitations, extra_entries)
+                                          bundle_extra, data, is_train, is_test, limitations, extra_entries,
+                                          scorer=bool(scorer))
             # the plugin's verifier must accept what was written, before anything replaces ``out``
             stage = BundleStage(ModelBundle.load(staging))
             if stage.fusion_role != "fusion_attention":
                 raise RuntimeError("written bundle does not wire the attention fusion")
+            if len(scorer) == 2 and not stage.has_candidate_scorer:
+                raise RuntimeError("written bundle does not wire the candidate scorer")
             timings = {**prog.timings, "total (to the report)": time.perf_counter() - t_start}
+            scorer_fig = staging / "report" / "scorer_embedding.png"
             ctx = {
                 "kind": kind, "title": f"Evaluation report: {name} {version}", "created": created,
                 "package_version": broker_plugin.__version__, "feature_version": FEATURE_VERSION,
@@ -696,23 +814,27 @@ def train(data: Dataset, out: str | Path, config: TrainConfig | None = None, *,
                          "n_train": n_tr, "n_train_bal": int(y_all[is_train].sum()), "seed": seed,
                          "downsample": downsample_info, "generator": gen,
                          "sources": data.description.get("sources"),
+                         "lc_history": lc_hist_desc,
                          "spectrum_failures": dict(Counter(r for r in data.spec_reasons if r != "ok"))},
                 "test": test, "test_all": test_all, "cv": cv, "curves": curves, "cv_note": cv_note,
+                "by_history": by_history,
                 "late": {"w_lc": late.w_lc, "w_spec": late.w_spec, "bias": late.bias,
                          "spectral_share": late.spectral_share},
                 "attention": {"history": att.history, "att_spec": att_w[:, 1], "y": y_all[common],
                               "summary": _att_summary(att, att_w, y_all[common], n_parameters(att))},
                 "importances": lc_model.feature_importances(), "parity": parity, "timings": timings,
                 "limitations": limitations,
+                "scorer": ({"entries": {r: manifest["models"][r] for r in scorer},
+                            "figure": scorer_fig.name if scorer_fig.is_file() else None} if scorer else None),
             }
             write_report(staging / "report", ctx)
             replace_dir(staging, out)
-        except BaseException:
-            import shutil
+            st.note = f"{_dir_size(out) / 1e6:.2f} MB"
+    except BaseException:
+        import shutil
 
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        st.note = f"{_dir_size(out) / 1e6:.2f} MB"
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     prog.close()
     return TrainResult(out=out, manifest=manifest, test=test, cv=cv, parity=parity, timings=dict(prog.timings),
                        elapsed_s=time.perf_counter() - t_start)
@@ -721,13 +843,52 @@ def train(data: Dataset, out: str | Path, config: TrainConfig | None = None, *,
 def write_bundle_files(staging: Path, name: str, version: str, description: str, kind: str, config: TrainConfig,
                        models: list[Any], catalogue: Any, bundle_extra: dict[str, Any], data: Dataset,
                        is_train: np.ndarray, is_test: np.ndarray, limitations: list[str],
-                       extra_entries: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                       extra_entries: Mapping[str, Mapping[str, Any]] | None = None, *,
+                       scorer: bool = False) -> dict[str, Any]:
     from training.bundle_writer import write_bundle
 
-    readme = _readme(name, version, kind, config, data, is_train, is_test, limitations)
+    readme = _readme(name, version, kind, config, data, is_train, is_test, limitations, scorer=scorer)
     return write_bundle(staging, name=name, version=version, description=description, trained_on=kind,
                         candidate_threshold=config.candidate_threshold, models=models, catalogue=catalogue,
                         bundle_extra=bundle_extra, readme=readme, extra_entries=extra_entries)
+
+
+def _lc_by_history(data: Dataset, lc_model: Any, is_test: np.ndarray, lc_ok: np.ndarray, spec_ok: np.ndarray,
+                   p_lc: np.ndarray, p_att: np.ndarray, min_points: int) -> dict[str, dict[str, Any]]:
+    """Held-out metrics of the light-curve model (and of the attention fusion where spectra exist)
+    per light-curve kind: the test split's objects of each kind trained on, and the evaluation-only
+    sets (:class:`EvalSet`) of the kinds left out. ``n_scored``: objects with >= ``min_points``
+    points in g or r, i.e. with a ``bal_lc_prob`` at run time (the metrics are on those)."""
+    from broker_plugin.features import compute_features_batch
+    from training.lc_history import KIND_TITLES, KINDS
+    from training.report import class_metrics
+
+    y = data.labels.astype(np.int64)
+    kinds = data.kinds()
+    out: dict[str, dict[str, Any]] = {}
+    for k in KINDS:
+        rows = is_test & (kinds == k)
+        if rows.any():
+            ok = rows & lc_ok
+            both = rows & spec_ok
+            out[k] = {"title": KIND_TITLES[k], "source": "held-out test split", "in_training": True,
+                      "n": int(rows.sum()), "n_scored": int(ok.sum()),
+                      "bal_lc": class_metrics(y[ok], p_lc[ok]),
+                      "fusion_attention": class_metrics(y[both], p_att[both]) if both.any() else None}
+        elif k in data.lc_eval:
+            ev = data.lc_eval[k]
+            sel = np.arange(len(ev.lightcurves)) if ev.rows is None else np.flatnonzero(is_test[ev.rows])
+            if sel.size == 0:
+                continue
+            curves = [ev.lightcurves[i] for i in sel]
+            ye = np.asarray(ev.labels)[sel].astype(np.int64)
+            ok = enough_points(curves, min_points)
+            Xe = np.asarray(compute_features_batch([curves[i] for i in np.flatnonzero(ok)])[0], dtype=np.float64)
+            pe = lc_model.predict_proba(Xe) if ok.any() else np.zeros(0)
+            out[k] = {"title": KIND_TITLES[k], "source": ev.description, "in_training": False,
+                      "n": int(sel.size), "n_scored": int(ok.sum()), "bal_lc": class_metrics(ye[ok], pe),
+                      "fusion_attention": None}
+    return out
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
@@ -744,7 +905,8 @@ def _att_summary(att: Any, w: np.ndarray, y: np.ndarray, n_params: int) -> dict[
             "mean_att_spec_bal": mean(w[y == 1, 1]), "mean_att_spec_nonbal": mean(w[y == 0, 1])}
 
 
-def _limitations(kind: str, test: dict[str, Any], late: Any) -> list[str]:
+def _limitations(kind: str, test: dict[str, Any], late: Any, lc_history: str = "dr",
+                 by_history: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     lines = []
     if kind == "synthetic":
         lines += [
@@ -759,10 +921,23 @@ def _limitations(kind: str, test: dict[str, Any], late: Any) -> list[str]:
             "The spectral catalogue holds synthetic positions: real alerts will (correctly) almost never match "
             "it, so bal_fusion_prob stays null on real streams.",
         ]
+    if lc_history == "dr":
+        lines.append(
+            "The light-curve classifier was trained on data-release light curves only (`--lc-history dr`: years "
+            "of photometry, hundreds of points); an alert carries 30 days (ZTF) to 12 months (Rubin) of history, "
+            "so on alerts bal_lc_prob extrapolates: see the per-history table of the report.")
+    else:
+        lines.append(
+            f"The light-curve classifier was trained with `--lc-history {lc_history}` (alert-length light curves"
+            + (" and data-release ones" if lc_history == "mixed" else "")
+            + "): on alerts it sees the kind of light curve it was trained on, but a 30-day ZTF history "
+            "carries little variability information; the report's per-history table says how much.")
+    alert_auc = [v["bal_lc"]["roc_auc"] for k, v in (by_history or {}).items() if k != "dr"]
+    if alert_auc and all(a == a for a in alert_auc) and max(alert_auc) < 0.6:
+        lines.append("On alert light curves the light-curve BAL probability is close to chance (ROC AUC "
+                     + ", ".join(f"{a:.2f}" for a in alert_auc) + "): for alerts without a known spectrum, "
+                     "treat bal_lc_prob as a weak hint.")
     lines += [
-        "The light-curve classifier was trained on data-release light curves (years of photometry, hundreds of "
-        "points); an alert carries weeks to a year of history, so features from alert light curves are noisier "
-        "and bal_lc_prob is less reliable on them than the test figures suggest.",
         "All models assume the object is a quasar in 1.67 <= z <= 3.6: for stars, supernovae or bogus alerts "
         "the probabilities have no meaning (the candidate scorer is meant to rank those out).",
         "Threshold 0.5 on class-balanced models trades precision for recall at the ~13% BAL prevalence; use the "
@@ -772,7 +947,7 @@ def _limitations(kind: str, test: dict[str, Any], late: Any) -> list[str]:
 
 
 def _readme(name: str, version: str, kind: str, config: TrainConfig, data: Dataset, is_train: np.ndarray,
-            is_test: np.ndarray, limitations: list[str]) -> str:
+            is_test: np.ndarray, limitations: list[str], *, scorer: bool = False) -> str:
     head = (f"# Model bundle `{name}` {version}\n\n"
             + ("**Synthetic data only.** " if kind == "synthetic" else "")
             + "Made by `bal-broker train`; verified by the plugin at start-up (checksums, feature names and "
@@ -781,7 +956,14 @@ def _readme(name: str, version: str, kind: str, config: TrainConfig, data: Datas
         "Files: `manifest.yaml` (the contract: see `broker_plugin/bundle.py`), `bal_lc.onnx` (light-curve "
         "forest), `spectral.onnx` (spectrum -> embedding, P(BAL); offline use), `fusion_late.onnx`, "
         "`fusion_attention.onnx` (used at run time when an alert matches the catalogue), `catalogue.npz` "
-        "(objects with known spectra), `report/report.md` (evaluation: tables, figures, limitations).",
+        "(objects with known spectra), "
+        + ("`cutout_encoder.onnx` + `ranking_head.onnx` (the candidate scorer: contrastive cutout embedding and "
+           "ranking head, combined with the BAL probability by `broker_plugin.scoring.combine`), "
+           if scorer else "")
+        + "`report/report.md` (evaluation: tables, figures, limitations).",
+        "",
+        f"Light curves the light-curve models were trained on: `--lc-history {config.lc_history}` (see "
+        "`training/lc_history.py`).",
         "",
         f"Rebuild: `{config.command or 'bal-broker train ...'}` (deterministic for a given seed and package "
         "version; only the time stamps in the manifest and the timings in the report change).",
@@ -799,6 +981,56 @@ def _readme(name: str, version: str, kind: str, config: TrainConfig, data: Datas
 
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# ============================================================================= candidate scorer
+
+#: Objects up to which ``bal-broker train`` uses the scorer's TINY settings (tests, smoke runs).
+SCORER_TINY_MAX_N = 400
+
+
+def scorer_settings(n: int) -> dict[str, Any]:
+    """Candidate-scorer settings for a training run on ``n`` objects.
+
+    Up to :data:`SCORER_TINY_MAX_N` objects: :data:`training.scorer.TINY` (~5-10 s). Above, the
+    scorer's defaults scaled by ``n / DEFAULT_BUNDLE_N`` (capped at 1): the default bundle's 6000
+    objects get the full defaults (3000 synthetic alerts, 2500 rendered stamps, 10 encoder epochs,
+    t-SNE picture; ~2 min on two cores), a 1000-object run about a sixth of the alerts and stamps.
+    The scorer trains on its own synthetic alerts, so ``n`` only sets the effort, not the data.
+    """
+    from training.scorer import TINY
+
+    if n <= SCORER_TINY_MAX_N:
+        return dict(TINY)
+    f = min(1.0, n / DEFAULT_BUNDLE_N)
+    return {"n_alerts": max(400, round(3000 * f)), "n_stamps": max(400, round(2500 * f)),
+            "n_test_stamps": max(200, round(1000 * f)), "encoder_epochs": max(3, round(10 * f)),
+            "head_epochs": 60, "projection": "tsne" if f >= 0.5 else "pca"}
+
+
+def scorer_hook(settings: Mapping[str, Any], *, seed: int, version: str, figures: bool = True,
+                progress: Callable[[str], None] | None = None) -> Callable[[Path], dict[str, dict[str, Any]]]:
+    """The ``extra_models`` hook of :func:`train` that trains the candidate scorer into the staging
+    bundle (``cutout_encoder.onnx``, ``ranking_head.onnx``; the embedding picture into
+    ``report/scorer_embedding.png`` unless ``figures`` is False) and returns their manifest entries."""
+
+    def hook(staging: Path) -> dict[str, dict[str, Any]]:
+        import logging
+        import tempfile
+
+        # torch's ONNX exporter logs one warning per torchvision operator it cannot register (torchvision
+        # is not a dependency); they say nothing about this export
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+
+        from training.scorer import FIGURE_FILE, train_candidate_scorer
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fig = (staging / "report" / FIGURE_FILE) if figures else Path(tmp) / FIGURE_FILE
+            art = train_candidate_scorer(staging, seed=seed, version=version, figure_path=fig, progress=progress,
+                                         **dict(settings))
+        return art.manifest_entries
+
+    return hook
 
 
 # ========================================================================================= CLI
@@ -848,8 +1080,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="bundle directory (created or replaced)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--bal-fraction", type=_fraction, default=None, help="synthetic: BAL fraction (default 0.13)")
-    p.add_argument("--photometry", choices=("dr", "packet"), default="dr",
-                   help="synthetic light curves: data-release (default) or decoded alert packets")
+    p.add_argument("--lc-history", choices=("dr", "alert", "mixed"), default="mixed",
+                   help="light curves of the light-curve models: data-release (dr, ~4 yr), alert-length (alert: ZTF "
+                        "30 d + Rubin 12 months, from decoded synthetic alerts or cut real light curves) or both "
+                        "(mixed, default); see training/lc_history.py")
+    p.add_argument("--no-scorer", action="store_true",
+                   help="skip the candidate scorer (cutout encoder + ranking head): candidate_score stays null")
     p.add_argument("--test-fraction", type=_fraction, default=0.25, help="held-out fraction (default 0.25)")
     p.add_argument("--cv-folds", type=_positive_int, default=5, help="k of the stratified k-fold CV (default 5)")
     p.add_argument("--min-points", type=_positive_int, default=DEFAULT_MIN_POINTS,
@@ -875,11 +1111,11 @@ def add_parser(subparsers: Any) -> None:
 _RECORDED_OPTIONS = (
     ("--synthetic", "synthetic"), ("--dr16q", "dr16q"), ("--spectra", "spectra"), ("--lightcurves", "lightcurves"),
     ("--label-column", "label_column"), ("--labels-csv", "labels_csv"), ("--seed", "seed"),
-    ("--bal-fraction", "bal_fraction"), ("--photometry", "photometry"), ("--test-fraction", "test_fraction"),
+    ("--bal-fraction", "bal_fraction"), ("--lc-history", "lc_history"), ("--test-fraction", "test_fraction"),
     ("--cv-folds", "cv_folds"), ("--min-points", "min_points"), ("--n-estimators", "n_estimators"),
     ("--max-depth", "max_depth"), ("--epochs", "epochs"), ("--n-components", "n_components"),
     ("--downsample-ratio", "downsample_ratio"), ("--candidate-threshold", "candidate_threshold"),
-    ("--name", "name"), ("--bundle-version", "bundle_version"), ("--out", "out"),
+    ("--name", "name"), ("--bundle-version", "bundle_version"), ("--no-scorer", "no_scorer"), ("--out", "out"),
 )
 
 
@@ -894,7 +1130,7 @@ def _command_line(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> 
         if value is None or (dest != "out" and dest in parser_defaults and value == parser_defaults[dest]
                              and dest != "seed"):
             continue
-        parts += [flag, str(value)]
+        parts += [flag] if value is True else [flag, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -932,18 +1168,24 @@ def run(args: argparse.Namespace) -> int:
         candidate_threshold=args.candidate_threshold,
         lc=LCClassifierConfig(n_estimators=args.n_estimators, max_depth=args.max_depth, n_jobs=args.jobs),
         attention=AttentionConfig(epochs=args.epochs), name=args.name, version=args.bundle_version,
-        figures=not args.no_figures, command=_command_line(args, _DEFAULTS),
+        figures=not args.no_figures, command=_command_line(args, _DEFAULTS), lc_history=args.lc_history,
     )
-    prog = Progress(10, enabled=not args.quiet)
+    prog = Progress(10 if args.no_scorer else 11, enabled=not args.quiet)
     with prog.step("data") as st:
         if args.synthetic is not None:
             data = synthetic_dataset(args.synthetic, args.seed, bal_fraction=args.bal_fraction,
-                                     photometry=args.photometry)
+                                     lc_history=args.lc_history)
         else:
             data = real_dataset(args.dr16q, args.spectra, args.lightcurves, label_column=args.label_column,
-                                labels_csv=args.labels_csv, progress=prog)
-        st.note = f"{len(data)} {data.kind} objects, {int(data.labels.sum())} BAL"
-    result = train(data, args.out, config, progress=prog)
+                                labels_csv=args.labels_csv, progress=prog, lc_history=args.lc_history,
+                                seed=args.seed)
+        counts = Counter(data.kinds().tolist())
+        st.note = (f"{len(data)} {data.kind} objects, {int(data.labels.sum())} BAL; light curves "
+                   + ", ".join(f"{k} {counts[k]}" for k in sorted(counts)))
+    hook = None if args.no_scorer else scorer_hook(
+        scorer_settings(len(data)), seed=args.seed, version=args.bundle_version, figures=not args.no_figures,
+        progress=prog.log)
+    result = train(data, args.out, config, progress=prog, extra_models=hook, extra_step="candidate scorer")
     print(result.summary_line(), flush=True)
     return 0
 

@@ -112,9 +112,14 @@ def dr_lightcurves(obj: SimObject, rng: np.random.Generator, *, survey: str = "z
 
 
 def _packet_lightcurves(obj: SimObject, rng: np.random.Generator, survey: str, index: int,
-                        end_mjd: float) -> tuple[dict[str, LightCurve] | None, dict[str, Any]]:
-    """Light curves the plugin decodes from a synthetic alert of ``obj`` (None if it never alerts)."""
-    from broker_plugin.decode import decode_alert
+                        end_mjd: float, no_forced_fraction: float = 0.0,
+                        ) -> tuple[dict[str, LightCurve] | None, dict[str, Any]]:
+    """Light curves the plugin decodes from a synthetic alert of ``obj`` (None if it never alerts).
+
+    A ZTF alert loses its forced photometry with probability ``no_forced_fraction`` (through
+    :func:`broker_plugin.decode.alert_from_record`, the runtime's path for decoded records): what
+    alerts of ZTF schemas before 4.x, most of the archive, look like."""
+    from broker_plugin.decode import alert_from_record, decode_alert
 
     from .packets import DEFAULT_HISTORY_DAYS, AlertContext, simulate_alert, write_rubin_packet, write_ztf_packet
 
@@ -126,7 +131,12 @@ def _packet_lightcurves(obj: SimObject, rng: np.random.Generator, survey: str, i
     writer = write_ztf_packet if survey == "ztf" else write_rubin_packet
     packet, truth = writer(ctx, rng, stamps=False)
     alert = decode_alert(packet)
-    return dict(alert.lightcurves), {"alert_mjd": truth["mjd"], "alert_band": band, "n_prv": truth["n_prv"]}
+    strip = survey == "ztf" and no_forced_fraction > 0 and rng.random() < no_forced_fraction
+    if strip:
+        alert = alert_from_record({**alert.record, "fp_hists": None}, schema_version=alert.schema_version,
+                                  raw=packet)
+    return dict(alert.lightcurves), {"alert_mjd": truth["mjd"], "alert_band": band, "n_prv": truth["n_prv"],
+                                     "no_forced": strip}
 
 
 def generate_training_set(
@@ -145,6 +155,7 @@ def generate_training_set(
     spectrum_fraction: float = 1.0,
     keep_spectrum_models: bool = False,
     min_points: int = 0,
+    ztf_no_forced_fraction: float = 0.0,
 ) -> TrainingSet:
     """``n`` synthetic objects for training (see the module docstring).
 
@@ -152,6 +163,8 @@ def generate_training_set(
     contaminants (they get light curves but no spectrum). ``spectrum_fraction`` of the quasars get a
     spectrum (the others ``None``, as objects without SDSS spectroscopy). ``min_points`` redraws
     objects whose light curves have fewer points in total (0: keep everything, as a survey would).
+    ``ztf_no_forced_fraction`` (``photometry="packet"``, ZTF): share of alerts stripped of their
+    forced photometry, as alerts of ZTF schemas before 4.x are.
     """
     effect = effect or BalLightCurveEffect()
     kinds, probs = normalise_mix(class_mix or {"qso": 1.0})
@@ -165,6 +178,7 @@ def generate_training_set(
     for i, child in enumerate(root.spawn(n)):
         rng = np.random.default_rng(child)
         kind = kinds[int(rng.choice(len(kinds), p=probs))]
+        lc: dict[str, LightCurve] = {}
         for _attempt in range(50):
             obj = draw_object(rng, i, kind, bal_fraction=bal_fraction, effect=effect, survey=survey, z_range=z_range,
                               star_constant_fraction=0.2)
@@ -172,8 +186,9 @@ def generate_training_set(
             if photometry == "dr":
                 lc = dr_lightcurves(obj, rng, survey=survey, end_mjd=end_mjd, baseline_days=baseline_days)
             elif photometry == "packet":
-                got, extra = _packet_lightcurves(obj, rng, survey, i, end_mjd)
+                got, extra = _packet_lightcurves(obj, rng, survey, i, end_mjd, ztf_no_forced_fraction)
                 if got is None:
+                    lc = {}  # never alerted: draw again (an object that never alerts keeps no light curve)
                     continue
                 lc = got
             else:
@@ -202,6 +217,7 @@ def generate_training_set(
     meta = {
         "generator": "training.synthetic", "seed": seed, "n": n, "survey": survey, "photometry": photometry,
         "baseline_days": baseline_days, "end_mjd": end_mjd, "bal_fraction": bal_fraction,
+        "ztf_no_forced_fraction": ztf_no_forced_fraction if photometry == "packet" and survey == "ztf" else None,
         "z_range": list(z_range), "class_mix": dict(zip(kinds, probs.tolist(), strict=True)),
         "bal_effect": {"ebv_mean": effect.ebv_mean, "ebv_distribution": effect.ebv_distribution,
                        "color_shift_gr": effect.color_shift_gr, "sf_scale": effect.sf_scale,
