@@ -191,6 +191,9 @@ def _report(candidates: list[tuple[dict[str, Any], Any]], truth: dict[str, dict[
         quasars = sum(c.startswith("qso") for c in classes)
         bals = sum(c == "qso_bal" for c in classes)
         _say(f"   of the {len(best)} candidate objects, {quasars} are quasars and {bals} BAL quasars (synthetic truth)")
+    fused = sum(bal.get("bal_fusion_prob") is not None for bal, _ in candidates)
+    _say(f"   {fused} candidate alerts matched an object with a known spectrum (bal_fusion_prob); the others rely on"
+         " the light curve alone, as most of a real stream will")
     listing = args.out / "candidates.jsonl"
     with listing.open("w") as fh:
         for bal, alert in top:
