@@ -82,6 +82,8 @@ ATT_LC_INPUT, ATT_SPEC_INPUT, ATT_OUTPUT, ATT_WEIGHTS = "lc_features", "spec_emb
 DEFAULT_MIN_POINTS: int = MIN_POINTS_LC
 #: Default decision threshold when a manifest has none.
 DEFAULT_CANDIDATE_THRESHOLD: float = 0.5
+#: Prior BAL fraction when the manifest does not record one (DR16Q automated flags: 99,856 / 750,414).
+DEFAULT_BAL_PRIOR: float = 0.13
 
 FLAG_TOO_FEW_POINTS = "too_few_points"
 FLAG_SPECTRUM_MATCHED = "spectrum_matched"
@@ -112,6 +114,15 @@ def _output_names(spec: Any) -> list[str]:
     return [str(o.get("name")) for o in spec.outputs]
 
 
+def _bal_prior(info: dict[str, Any]) -> float:
+    """The BAL fraction of the light-curve classifier's training data (the prior of scoring.combine)."""
+    data = info.get("training_data") or {}
+    for value in (data.get("bal_fraction"), (data.get("generator") or {}).get("bal_fraction")):
+        if isinstance(value, int | float) and 0.0 <= float(value) <= 1.0:
+            return float(value)
+    return DEFAULT_BAL_PRIOR
+
+
 class BundleStage:
     """The model stage on a verified bundle (see the module docstring for the rules)."""
 
@@ -127,6 +138,7 @@ class BundleStage:
         if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise BundleError(f"model bundle {bundle.path}: candidate_threshold {self.threshold} is not in [0, 1]")
         lc = bundle.specs["bal_lc"]
+        self.bal_prior = _bal_prior(lc.info)
         self.min_points = int(lc.info.get("min_points", DEFAULT_MIN_POINTS))
         if LC_PROBA not in _output_names(lc):
             raise BundleError(f"model bundle {bundle.path}: bal_lc has no '{LC_PROBA}' output")
@@ -275,7 +287,8 @@ class BundleStage:
         head_prob, cutout_ok, cutout_flags = scoring.head_probability(
             self.bundle.sessions["cutout_encoder"], self.bundle.sessions["ranking_head"], features, alerts,
             batch_size=ENCODER_MAX_BATCH)
-        score, is_candidate, flags = scoring.combine(p_lc, p_fusion, head_prob, self.threshold, cutout_ok=cutout_ok)
+        score, is_candidate, flags = scoring.combine(p_lc, p_fusion, head_prob, self.threshold, cutout_ok=cutout_ok,
+                                                      bal_prior=self.bal_prior)
         return score, is_candidate, [[*cf, *f] for cf, f in zip(cutout_flags, flags, strict=True)]
 
     def describe(self) -> dict[str, Any]:

@@ -11,9 +11,13 @@ from a contrastive embedding of its cutouts plus its light-curve features and me
 ranking head), multiplied by its BAL probability (the fusion probability when the object has a
 known spectrum, else the light-curve one). ``is_candidate`` is ``candidate_score >= threshold``
 (``bundle.candidate_threshold`` in the manifest, 0.5 by default; ``processing.candidate_threshold``
-overrides it). The score is null, and the alert never a candidate, when it cannot be computed,
-with a flag saying why: ``no_cutouts`` (no usable stamp), ``no_bal_probability`` (too few
-light-curve points and no known spectrum), ``no_ranking_head``. A bundle without the scorer
+overrides it). When the alert has neither a fusion nor a light-curve BAL probability (too few
+points, no known spectrum), the BAL factor is the prior BAL fraction of the bundle's training data
+(about 0.13) and the alert is flagged ``bal_prior_used``: its score still ranks it as a quasar
+worth watching, but a prior is not evidence, so such an alert is never a candidate. The score is
+null, and the alert never a candidate, when it cannot be computed, with a flag saying why:
+``no_cutouts`` (no usable stamp), ``no_ranking_head``, ``no_bal_probability`` (no BAL
+probability and no prior given). A bundle without the scorer
 models (``cutout_encoder`` + ``ranking_head``) gives a null score with ``no_candidate_scorer``
 and falls back to ``is_candidate = p_bal >= threshold`` (:mod:`broker_plugin.inference`).
 
@@ -40,10 +44,11 @@ The rule (:func:`combine`)
 
     p_bal           = bal_fusion_prob   if it is known
                       else bal_lc_prob  if it is known
-                      else null
-    candidate_score = head_prob * p_bal                 (null if either factor is null,
+                      else bal_prior    (the training BAL fraction; flag bal_prior_used)
+    candidate_score = head_prob * p_bal                 (null if the head output is missing,
                                                          or if the alert has no usable cutouts)
     is_candidate    = candidate_score is not null and candidate_score >= threshold
+                      and p_bal is measured (fusion or light curve, never the prior)
 
 Read it as P(quasar worth following) x P(BAL | quasar): an alert scores high only when it looks
 like a quasar *and* its BAL evidence is strong. Why these choices:
@@ -52,10 +57,13 @@ like a quasar *and* its BAL evidence is strong. Why these choices:
   (SCIENCE.md: the reference study trusts it more); the fusion model already includes the
   light-curve information, so averaging it with ``bal_lc_prob`` again would double-count the weaker
   modality.
-* **No BAL probability -> null, not a prior.** Multiplying by the BAL base rate (~13%) would give
-  every alert with too few points a number that looks measured but carries no BAL evidence, and on
-  a different scale from ``bal_lc_prob`` (a balanced classifier). A null score says plainly "not
-  scorable yet"; the alert becomes scorable when its light curve grows. Flag ``no_bal_probability``.
+* **No BAL probability -> the prior, flagged, never a candidate.** A young object (a few
+  detections) can already look like a quasar in its cutouts and metadata, and a follow-up ranking
+  should still order it; the prior BAL fraction (~13%) is the honest BAL factor when nothing is
+  measured. Because a prior is not evidence, the flag ``bal_prior_used`` marks such scores and
+  they never make an alert a candidate; the alert becomes one when its light curve grows enough
+  for ``bal_lc_prob`` or it matches a known spectrum. Without a prior (``bal_prior=None``) the
+  score is null with flag ``no_bal_probability``.
 * **No usable cutouts -> null.** When all three stamps are missing or undecodable (or every image
   is flat), the encoder would embed an empty tensor; a score from that is not the ranking head's
   score. Flag ``no_cutouts``. One or two missing stamps are fine: the tensor's invalid-pixel channel
@@ -111,6 +119,7 @@ HEAD_META_NAMES: tuple[str, ...] = (*META_FIELDS, SURVEY_INDICATOR)
 #: Flags :func:`combine` can add (each explains a null ``candidate_score``).
 FLAG_NO_CUTOUTS = "no_cutouts"
 FLAG_NO_BAL_PROB = "no_bal_probability"
+FLAG_BAL_PRIOR = "bal_prior_used"
 FLAG_NO_HEAD = "no_ranking_head"
 FLAG_DESCRIPTIONS: dict[str, str] = {
     FLAG_NO_CUTOUTS: "all three cutouts missing, undecodable or flat: no image embedding, candidate_score null",
@@ -276,6 +285,7 @@ def combine(
     threshold: float,
     *,
     cutout_ok: np.ndarray | None = None,
+    bal_prior: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
     """Apply the documented rule (module docstring) to N alerts.
 
@@ -295,18 +305,25 @@ def combine(
     if ok.shape[0] != n:
         raise ValueError(f"cutout_ok has {ok.shape[0]} values, expected {n}")
 
+    if bal_prior is not None and not 0.0 <= float(bal_prior) <= 1.0:
+        raise ValueError(f"bal_prior must be in [0, 1], got {bal_prior!r}")
     p_bal = np.where(np.isnan(fus), lc, fus)
+    measured = ~np.isnan(p_bal)
+    prior_used = ~measured if bal_prior is not None else np.zeros(n, dtype=bool)
+    if bal_prior is not None:
+        p_bal = np.where(measured, p_bal, float(bal_prior))
     score = head * p_bal
     no_cut = ~ok
     no_head = ok & np.isnan(head)
     no_bal = np.isnan(p_bal)
     score[no_cut] = np.nan
     is_candidate = np.zeros(n, dtype=bool)
-    finite = ~np.isnan(score)
+    finite = ~np.isnan(score) & measured
     is_candidate[finite] = score[finite] >= t
 
     flags: list[list[str]] = [[] for _ in range(n)]
-    for mask, flag in ((no_cut, FLAG_NO_CUTOUTS), (no_head, FLAG_NO_HEAD), (no_bal, FLAG_NO_BAL_PROB)):
+    for mask, flag in ((no_cut, FLAG_NO_CUTOUTS), (no_head, FLAG_NO_HEAD), (no_bal, FLAG_NO_BAL_PROB),
+                       (prior_used & ok, FLAG_BAL_PRIOR)):
         for i in np.flatnonzero(mask).tolist():
             flags[i].append(flag)
     return score, is_candidate, flags

@@ -18,7 +18,7 @@ import pytest
 from broker_plugin.bundle import MANIFEST, ModelBundle, default_bundle_path
 from broker_plugin.inference import FLAG_NO_CANDIDATE_SCORER, FLAG_TOO_FEW_POINTS
 from broker_plugin.replay import replay
-from broker_plugin.scoring import FLAG_NO_BAL_PROB, FLAG_NO_CUTOUTS
+from broker_plugin.scoring import FLAG_BAL_PRIOR, FLAG_NO_CUTOUTS
 
 DEFAULT = default_bundle_path()
 pytestmark = pytest.mark.skipif(not (DEFAULT / MANIFEST).is_file(),
@@ -46,17 +46,17 @@ def _check_record(r: dict[str, Any], rules: tuple[int, float], has_cutouts: bool
         assert r["bal_lc_prob"] is None and FLAG_TOO_FEW_POINTS in r["flags"], r
     has_bal = r["bal_lc_prob"] is not None or r["bal_fusion_prob"] is not None
     assert FLAG_NO_CANDIDATE_SCORER not in r["flags"]
-    if has_cutouts and has_bal:
+    if has_cutouts:
         s = r["candidate_score"]
         assert s is not None and math.isfinite(s) and 0.0 <= s <= 1.0, r
-        assert s <= max(p for p in (r["bal_lc_prob"], r["bal_fusion_prob"]) if p is not None) + 1e-12
-        assert r["is_candidate"] == (s >= threshold)
+        if has_bal:
+            assert s <= max(p for p in (r["bal_lc_prob"], r["bal_fusion_prob"]) if p is not None) + 1e-12
+            assert r["is_candidate"] == (s >= threshold)
+        else:  # scored with the training prior, flagged, never a candidate
+            assert FLAG_BAL_PRIOR in r["flags"] and not r["is_candidate"], r
     else:
         assert r["candidate_score"] is None and not r["is_candidate"], r
-        if not has_cutouts:
-            assert FLAG_NO_CUTOUTS in r["flags"], r
-        if not has_bal:
-            assert FLAG_NO_BAL_PROB in r["flags"], r
+        assert FLAG_NO_CUTOUTS in r["flags"], r
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +79,9 @@ def test_every_real_ztf_alert_gets_an_embedding_based_score(ztf_alert_dir: Path,
     assert len(records) == 128
     for r in records:
         _check_record(r, rules, has_cutouts=True)  # every real ZTF alert carries its three stamps
-    scored = [r for r in records if r["candidate_score"] is not None]
-    assert len(scored) == sum(1 for r in records if r["bal_lc_prob"] is not None) > 0
+    assert all(r["candidate_score"] is not None for r in records)
     # the score depends on the alert (the embedding and the head), not only on the BAL probability
-    ratios = {round(r["candidate_score"] / r["bal_lc_prob"], 6) for r in scored if r["bal_lc_prob"] > 0}
+    ratios = {round(r["candidate_score"] / r["bal_lc_prob"], 6) for r in records if (r["bal_lc_prob"] or 0) > 0}
     assert len(ratios) > 1
 
 

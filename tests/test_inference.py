@@ -31,7 +31,7 @@ from broker_plugin.inference import (
     enough_points,
 )
 from broker_plugin.replay import replay
-from broker_plugin.scoring import FLAG_NO_BAL_PROB, FLAG_NO_CUTOUTS, combine
+from broker_plugin.scoring import FLAG_BAL_PRIOR, FLAG_NO_BAL_PROB, FLAG_NO_CUTOUTS, combine
 
 DEFAULT = default_bundle_path()
 pytestmark = pytest.mark.skipif(not (DEFAULT / MANIFEST).is_file(),
@@ -101,7 +101,8 @@ def test_too_few_points_gives_null_and_a_flag(stage: BundleStage) -> None:
         assert FLAG_NO_KNOWN_SPECTRUM in pred.flags[i] and math.isnan(pred.bal_fusion_prob[i])
         # no cutouts on these hand-made alerts: the scorer says so
         assert math.isnan(pred.candidate_score[i]) and FLAG_NO_CUTOUTS in pred.flags[i]
-        assert (FLAG_NO_BAL_PROB in pred.flags[i]) == (not ok) and not pred.is_candidate[i]
+        # no cutouts -> null score whatever the BAL evidence; the prior is never applied to it
+        assert FLAG_NO_BAL_PROB not in pred.flags[i] and not pred.is_candidate[i]
 
 
 def test_catalogue_match_gives_the_fusion_probability(bundle: ModelBundle, stage: BundleStage) -> None:
@@ -141,18 +142,21 @@ def test_candidate_score_uses_fusion_where_known_and_follows_combine(
     pred = stage.predict(X, alerts)
     head, ok, _ = head_probability(bundle.sessions["cutout_encoder"], bundle.sessions["ranking_head"], X, alerts)
     assert ok.tolist() == [True, True, True, False]
-    score, cand, _ = combine(pred.bal_lc_prob, pred.bal_fusion_prob, head, stage.threshold, cutout_ok=ok)
+    score, cand, _ = combine(pred.bal_lc_prob, pred.bal_fusion_prob, head, stage.threshold, cutout_ok=ok,
+                             bal_prior=stage.bal_prior)
     np.testing.assert_allclose(pred.candidate_score, score, equal_nan=True)
     np.testing.assert_array_equal(pred.is_candidate, cand)
     assert pred.candidate_score[0] == pytest.approx(head[0] * pred.bal_fusion_prob[0])  # fusion preferred
     assert pred.candidate_score[1] == pytest.approx(head[1] * pred.bal_lc_prob[1])
     assert pred.flags is not None
-    assert math.isnan(pred.candidate_score[2]) and FLAG_NO_BAL_PROB in pred.flags[2]
+    # no BAL probability: the training prior stands in, flagged, and never makes a candidate
+    assert pred.candidate_score[2] == pytest.approx(head[2] * stage.bal_prior)
+    assert FLAG_BAL_PRIOR in pred.flags[2] and not pred.is_candidate[2]
     assert math.isnan(pred.candidate_score[3]) and FLAG_NO_CUTOUTS in pred.flags[3]
     assert not any(FLAG_NO_CANDIDATE_SCORER in f for f in pred.flags)
-    # threshold 0: every finite score is a candidate
+    # threshold 0: every finite score backed by a measured BAL probability is a candidate
     assert BundleStage(bundle, candidate_threshold=0.0).predict(X, alerts).is_candidate.tolist() == \
-        np.isfinite(score).tolist()
+        [True, True, False, False]
 
 
 def test_without_the_scorer_is_candidate_follows_the_bal_probability(tmp_path: Path) -> None:
@@ -353,7 +357,9 @@ def test_replay_fills_bal_lc_prob_for_real_ztf_alerts(ztf_alert_dir: Path, tmp_p
             assert r["bal_lc_prob"] is None and FLAG_TOO_FEW_POINTS in r["flags"], r
         assert r["bal_fusion_prob"] is None and FLAG_NO_KNOWN_SPECTRUM in r["flags"]  # synthetic catalogue
         # every real ZTF alert has its stamps: a score exactly where there is a BAL probability
-        assert (r["candidate_score"] is not None) == (r["bal_lc_prob"] is not None), r
+        assert r["candidate_score"] is not None, r  # every real ZTF alert carries its three stamps
+        if r["bal_lc_prob"] is None:
+            assert FLAG_BAL_PRIOR in r["flags"] and not r["is_candidate"], r
         assert isinstance(r["is_candidate"], bool)
     assert n_lc > 0
     assert result.candidates == sum(r["is_candidate"] for r in records)

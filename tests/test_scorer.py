@@ -327,3 +327,18 @@ def test_head_ignores_history_counts_the_simulation_cannot_reproduce(scorer: Sco
     for name in entry["meta_ignored"]:
         other["meta"][:, HEAD_META_NAMES.index(name)] = np.random.default_rng(3).uniform(0, 3000, 50)
     assert np.array_equal(head_predict(scorer.head, feed), head_predict(scorer.head, other))
+
+
+def test_combine_uses_the_prior_only_to_rank_never_to_select() -> None:
+    nan = float("nan")
+    lc = np.array([0.9, nan, nan])
+    fus = np.array([nan, nan, nan])
+    head = np.array([0.8, 0.99, 0.99])
+    ok = np.array([True, True, False])
+    score, cand, flags = combine(lc, fus, head, 0.05, cutout_ok=ok, bal_prior=0.13)
+    assert score[0] == pytest.approx(0.72) and cand[0]
+    assert score[1] == pytest.approx(0.99 * 0.13) and not cand[1]  # above threshold, but only a prior
+    assert "bal_prior_used" in flags[1] and "no_bal_probability" not in flags[1]
+    assert np.isnan(score[2]) and not cand[2] and "no_cutouts" in flags[2]
+    with pytest.raises(ValueError):
+        combine(lc, fus, head, 0.5, bal_prior=1.5)
