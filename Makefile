@@ -30,8 +30,11 @@ demo: install
 bundle: install-dev
 	BAL_BROKER=$(BIN)/bal-broker scripts/build_default_bundle.sh
 
+# Throughput, latency and memory (benchmarks/run.py): ~7 minutes, writes benchmarks/results/latest.{json,md}.
+# `make bench BENCH_ARGS=--quick` is a ~1 minute smoke run.
+BENCH_ARGS ?=
 bench: install-dev
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ keeps streaming, replay and training on one data path.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -67,7 +68,9 @@ class UpperLimits:
 class Alert:
     """A decoded alert, normalised across surveys.
 
-    ``record`` is the decoded Avro record exactly as the survey sent it (output passes it through);
+    ``record`` is the decoded Avro record exactly as the survey sent it (a read-only mapping: from
+    :func:`broker_plugin.decode.decode_alert` a :class:`~broker_plugin.decode.decoder.LazyRecord`, decoded
+    in full on first access, since building the Alert needs only a few of its fields);
     ``raw`` the message bytes as received, so that the output can carry the original bytes without
     re-encoding. ``meta`` holds the few scalar context values the ranking head uses (ZTF sgscore1,
     distpsnr1, distnr, drb...; Rubin extendedness, reliability...), NaN where absent.
@@ -81,7 +84,7 @@ class Alert:
     mjd: float
     band: str
     schema_version: str
-    record: dict[str, Any]
+    record: Mapping[str, Any]
     raw: bytes = b""
     lightcurves: dict[str, LightCurve] = field(default_factory=dict)
     upper_limits: dict[str, UpperLimits] = field(default_factory=dict)

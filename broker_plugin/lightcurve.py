@@ -186,6 +186,13 @@ def _borrow_reference(band: np.ndarray, has_ref: np.ndarray, use: np.ndarray, re
 
 _DET_KEYS = ("jd", "fid", "magpsf", "sigmapsf", "distnr", "magnr", "sigmagnr", "nbad")
 _FP_KEYS = ("jd", "fid", "forcediffimflux", "forcediffimfluxunc", "magzpsci", "distnr", "magnr", "sigmagnr")
+
+#: Every field this module reads from a ZTF ``candidate`` / ``prv_candidates`` row and from an
+#: ``fp_hists`` row. The decoder decodes only these (and skips the rest, see
+#: :mod:`broker_plugin.decode.fastread`), so a field read here must be listed here;
+#: ``tests/test_fastread.py`` checks the projected and the full decode give identical alerts.
+ZTF_DETECTION_FIELDS: tuple[str, ...] = (*_DET_KEYS, "isdiffpos", "diffmaglim")
+ZTF_FORCED_FIELDS: tuple[str, ...] = (*_FP_KEYS, "procstatus")
 #: isdiffpos values meaning "brighter than the reference" (ZTF writes 't'/'f'; older packets '1'/'0').
 _POSITIVE = frozenset(("t", "T", "1", "true", True))
 _ZTF_NAMES: tuple[str, ...] = tuple(ZTF_FID_BANDS[f] for f in sorted(ZTF_FID_BANDS))
@@ -304,6 +311,10 @@ def _ztf_upper_limits(rows: Sequence[Mapping[str, Any]]) -> dict[str, UpperLimit
 # ----------------------------------------------------------------------------------------- Rubin
 
 _LSST_INDEX = {b: i for i, b in enumerate(LSST_BANDS)}
+#: Every field this module reads from a Rubin diaSource-like row, in all schema spellings (see
+#: ZTF_DETECTION_FIELDS for why they are listed).
+RUBIN_SOURCE_FIELDS: tuple[str, ...] = ("midpointMjdTai", "midPointTai", "psfFlux", "psFlux", "psfFluxErr",
+                                        "psFluxErr", "scienceFlux", "scienceFluxErr", "band", "filterName")
 
 
 def _first_key(row: Mapping[str, Any], *names: str) -> str:

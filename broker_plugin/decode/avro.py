@@ -70,8 +70,38 @@ class ContainerHeader:
     sync: bytes
 
 
+#: Recently seen header prefixes (magic + metadata map) -> (metadata bytes, end of the map), most
+#: recent first. See :func:`read_container_header`.
+_RECENT_HEADERS: list[tuple[bytes, bytes, int]] = []
+_MAX_RECENT_HEADERS = 8
+
+
 def read_container_header(data: bytes) -> ContainerHeader:
-    """Walk the header's metadata map (without decoding it) and locate the first block."""
+    """Walk the header's metadata map (without decoding it) and locate the first block.
+
+    A stream's alerts share one header up to the per-file sync marker (ZTF: ~27 kB of schema JSON),
+    so the walk, the 27 kB ``meta_key`` copy and, downstream, its hashing as a cache key (a new bytes
+    object has no cached hash) would be repeated for every message. Recently seen prefixes are
+    therefore kept: a message that *starts with* one of them has, byte for byte, the same metadata
+    map, hence the same parse; it gets the very same ``meta_key`` object (hash already computed) and
+    only its own sync marker is read.
+    """
+    recent = _RECENT_HEADERS
+    for i, (prefix, meta_key, meta_end) in enumerate(recent):
+        if data.startswith(prefix):
+            if meta_end + _SYNC_SIZE > len(data):
+                break  # let the full walk report it
+            if i:
+                recent.insert(0, recent.pop(i))
+            return ContainerHeader(meta_key, meta_end + _SYNC_SIZE, data[meta_end:meta_end + _SYNC_SIZE])
+    header = _walk_container_header(data)
+    meta_end = header.end - _SYNC_SIZE
+    recent.insert(0, (data[:meta_end], header.meta_key, meta_end))
+    del recent[_MAX_RECENT_HEADERS:]
+    return header
+
+
+def _walk_container_header(data: bytes) -> ContainerHeader:
     pos = len(CONTAINER_MAGIC)
     n = len(data)
     while True:
@@ -116,7 +146,13 @@ def parse_metadata(meta_key: bytes) -> dict[str, bytes]:
 
 def container_blocks(data: bytes, header: ContainerHeader) -> list[tuple[int, bytes]]:
     """(record count, raw block body) of every data block, checking the sync markers."""
-    blocks: list[tuple[int, bytes]] = []
+    return [(count, data[start:end]) for count, start, end in container_block_spans(data, header)]
+
+
+def container_block_spans(data: bytes, header: ContainerHeader) -> list[tuple[int, int, int]]:
+    """(record count, start, end) of every data block's body in ``data``, checking the sync markers
+    (the same walk as :func:`container_blocks`, without copying the bodies)."""
+    blocks: list[tuple[int, int, int]] = []
     pos = header.end
     n = len(data)
     while pos < n:
@@ -129,7 +165,7 @@ def container_blocks(data: bytes, header: ContainerHeader) -> list[tuple[int, by
             raise DecodeError(f"container block of {size} bytes runs past the end of the data", reason="truncated")
         if data[end:end + _SYNC_SIZE] != header.sync:
             raise DecodeError("container block is not followed by the file's sync marker", reason="corrupt_avro")
-        blocks.append((count, data[pos:end]))
+        blocks.append((count, pos, end))
         pos = end + _SYNC_SIZE
     return blocks
 
@@ -215,12 +251,35 @@ def read_long_unsigned(buf: bytes, pos: int) -> tuple[int, int]:
     raise DecodeError("snappy block has a corrupt length preamble", reason="corrupt_avro")
 
 
-def read_records(body: bytes, schema: Any, count: int = 1, *, what: str) -> list[Any]:
-    """Decode ``count`` schemaless Avro data that must fill ``body`` exactly.
+def read_records(body: bytes, schema: Any, count: int = 1, *, what: str, fast: Any = None,
+                 start: int = 0, end: int | None = None, spec: Any = None) -> list[Any]:
+    """Decode ``count`` schemaless Avro data that must fill ``body[start:end]`` exactly.
 
     Trailing bytes mean the writer schema and the data disagree (or the data was damaged), so they
     are an error rather than something to ignore.
+
+    ``fast`` is the schema's :class:`~broker_plugin.decode.fastread.CompiledReader`: its reader is
+    tried first and returns exactly what fastavro would (with ``spec``, only the fields the spec
+    names); if it raises, or stops anywhere but at ``end``, fastavro reads the bytes again and
+    decides (the full record, or the DecodeError those bytes always gave), so every error keeps its
+    reason. A caller passing ``spec`` must therefore accept full records too.
     """
+    if end is None:
+        end = len(body)
+    reader = fast.get(spec) if fast is not None else None
+    if reader is not None:
+        try:
+            pos = start
+            out = []
+            for _ in range(count):
+                datum, pos = reader(body, pos)
+                out.append(datum)
+            if pos == end:
+                return out
+        except Exception:  # anything unusual: fastavro below is the reference
+            pass
+    if start or end != len(body):
+        body = body[start:end]
     fo = io.BytesIO(body)
     try:
         out = [schemaless_reader(fo, schema, None) for _ in range(count)]

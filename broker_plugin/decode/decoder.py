@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..alert import Alert
 from ..errors import DecodeError
-from .avro import CONTAINER_MAGIC, WIRE_MAGIC, container_blocks, decompress, read_container_header, read_records
-from .rubin import LSST_META_FIELDS, rubin_alert
+from .avro import (
+    CONTAINER_MAGIC,
+    WIRE_MAGIC,
+    container_block_spans,
+    container_blocks,
+    decompress,
+    read_container_header,
+    read_records,
+)
+from .rubin import LSST_META_FIELDS, RUBIN_DECODE_FIELDS, rubin_alert
 from .schemas import RegistryClient, WriterSchema, embedded_schema, packaged_lsst_schema
-from .ztf import ZTF_META_FIELDS, ztf_alert
+from .ztf import ZTF_DECODE_FIELDS, ZTF_META_FIELDS, ztf_alert
 
 #: Every key of :attr:`Alert.meta`, in a fixed order, for both surveys (the other survey's fields are
 #: NaN), so that a ranking head can build one fixed-length vector from any alert.
@@ -27,6 +36,13 @@ META_FIELDS: tuple[str, ...] = ZTF_META_FIELDS + LSST_META_FIELDS
 #: Largest message (and largest decompressed container block) accepted. Real alerts are 10 kB - 1 MB;
 #: the bound keeps a corrupt length field or a compression bomb from exhausting memory.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: What :meth:`Decoder.decode` materialises up front: the fields the Alert is built from (both surveys'
+#: projections merged; each applies only where its field names occur). Everything else of the record
+#: is skipped -- though still checked, so the same bytes are accepted and rejected -- and decoded
+#: only if someone reads ``Alert.record`` (:class:`LazyRecord`). A ZTF alert carries ~1,400 values
+#: of which ~300 are used: the projected read is ~3x faster than fastavro and holds ~5x less memory.
+DECODE_FIELDS: dict[str, Any] = {**ZTF_DECODE_FIELDS, **RUBIN_DECODE_FIELDS}
 
 _ZTF_KEYS = frozenset(("objectId", "candid", "candidate"))
 _LSST_KEYS = frozenset(("diaSource", "prvDiaSources", "diaObject", "prvDiaForcedSources"))
@@ -62,6 +78,46 @@ def alert_from_record(record: Any, *, schema_version: str | None = None, raw: by
     return alert
 
 
+class LazyRecord(Mapping[str, Any]):
+    """``Alert.record`` when the alert was decoded with a projection: the full decoded record, read on
+    first access (with the same reader, so it is exactly what an eager decode would have given).
+
+    A read-only mapping: compares equal to the plain dict, and ``dict(...)``, ``{**...}``, ``.get``
+    work as on one. Pickling and copying give the plain dict. The message bytes were already
+    accepted when the alert was built (a projected read checks what it skips), so the first access
+    cannot fail on the data.
+    """
+
+    __slots__ = ("_buf", "_end", "_record", "_start", "_what", "_ws")
+
+    def __init__(self, buf: bytes, start: int, end: int, ws: WriterSchema, what: str) -> None:
+        self._buf, self._start, self._end, self._ws, self._what = buf, start, end, ws, what
+        self._record: dict[str, Any] | None = None
+
+    def materialise(self) -> dict[str, Any]:
+        """The full record (decoded now if it was not yet)."""
+        if self._record is None:
+            self._record = read_records(self._buf, self._ws.parsed, what=self._what, fast=self._ws.fast,
+                                        start=self._start, end=self._end)[0]
+            self._buf = b""
+        return self._record
+
+    def __getitem__(self, key: str) -> Any:
+        return self.materialise()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.materialise())
+
+    def __len__(self) -> int:
+        return len(self.materialise())
+
+    def __repr__(self) -> str:
+        return repr(self.materialise())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self.materialise(),))
+
+
 class Decoder:
     """Decodes alert messages; holds the optional schema-registry fallback and the size bound.
 
@@ -79,9 +135,40 @@ class Decoder:
         return self.registry.url if self.registry else None
 
     def decode(self, data: bytes) -> Alert:
-        """One message (container with one alert, or wire format) -> Alert, or DecodeError."""
-        records, version = self._records(data, single=True)
-        return alert_from_record(records[0], schema_version=version, raw=bytes(data))
+        """One message (container with one alert, or wire format) -> Alert, or DecodeError.
+
+        Only :data:`DECODE_FIELDS` are decoded to build the Alert; ``Alert.record`` is a
+        :class:`LazyRecord` that decodes the whole record if it is ever read (the service and replay
+        never do: the output passes the input bytes through).
+        """
+        self._check_size(data)
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if data.startswith(CONTAINER_MAGIC):
+            header = read_container_header(data)
+            ws = embedded_schema(header.meta_key)
+            spans = [b for b in container_block_spans(data, header) if b[0]]
+            if len(spans) != 1 or spans[0][0] != 1:
+                self._container(data, single=True)  # raises the usual error (multiple_records, ...)
+                raise DecodeError("container does not hold exactly one alert", reason="multiple_records")
+            _, start, end = spans[0]
+            buf = data
+            if ws.codec != "null":
+                buf = decompress(ws.codec, data[start:end], self.max_message_bytes)
+                start, end = 0, len(buf)
+            if end - start < 1:  # every alert record takes at least one byte
+                raise DecodeError(f"container block claims 1 records in {end - start} bytes", reason="corrupt_avro")
+            what, version = "container block", ws.version
+        else:
+            ws, sid = self._wire(data)
+            buf, start, end = data, _WIRE_HEADER.size, len(data)
+            what, version = f"wire-format message (schema id {sid})", ws.version or "{}.{}".format(*divmod(sid, 100))
+        (projected,) = read_records(buf, ws.parsed, what=what, fast=ws.fast, start=start, end=end,
+                                    spec=DECODE_FIELDS)
+        alert = alert_from_record(projected, schema_version=version, raw=data)
+        if ws.fast.peek(DECODE_FIELDS) is not None:  # else fastavro gave the full record: keep it
+            alert.record = LazyRecord(buf, start, end, ws, what)
+        return alert
 
     def records(self, data: bytes) -> list[Any]:
         """Every record of a container (any number) or the one record of a wire-format message."""
@@ -104,13 +191,18 @@ class Decoder:
             data = bytes(data)
         if data.startswith(CONTAINER_MAGIC):
             return self._container(data, single=single)
+        ws, sid = self._wire(data)
+        recs = read_records(data, ws.parsed, what=f"wire-format message (schema id {sid})", fast=ws.fast,
+                            start=_WIRE_HEADER.size)
+        return recs, ws.version or "{}.{}".format(*divmod(sid, 100))
+
+    def _wire(self, data: bytes) -> tuple[WriterSchema, int]:
+        """The writer schema and id of a wire-format message (DecodeError for anything else)."""
         if data[0] == WIRE_MAGIC:
             if len(data) < _WIRE_HEADER.size:
                 raise DecodeError("wire-format message shorter than its 5-byte header", reason="truncated")
             _, sid = _WIRE_HEADER.unpack_from(data)
-            ws = self._wire_schema(sid)
-            recs = read_records(data[_WIRE_HEADER.size:], ws.parsed, what=f"wire-format message (schema id {sid})")
-            return recs, ws.version or "{}.{}".format(*divmod(sid, 100))
+            return self._wire_schema(sid), sid
         if len(data) < len(CONTAINER_MAGIC) and CONTAINER_MAGIC.startswith(data):
             raise DecodeError("message ends inside the container magic", reason="truncated")
         raise DecodeError(f"unknown message format (first bytes {data[:4]!r}): neither an Avro container "
@@ -141,6 +233,6 @@ class Decoder:
             if count > len(body):  # every alert record takes at least one byte per record
                 raise DecodeError(f"container block claims {count} records in {len(body)} bytes",
                                   reason="corrupt_avro")
-            records.extend(read_records(body, ws.parsed, count, what="container block"))
+            records.extend(read_records(body, ws.parsed, count, what="container block", fast=ws.fast))
         return records, ws.version
 

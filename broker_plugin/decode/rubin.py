@@ -13,7 +13,7 @@ from typing import Any
 
 from ..alert import LSST_BANDS, Alert
 from ..errors import DecodeError
-from ..lightcurve import rubin_lightcurves
+from ..lightcurve import RUBIN_SOURCE_FIELDS, rubin_lightcurves
 
 #: Scalar context the ranking head reads from a Rubin alert (NaN when absent in a schema version).
 LSST_META_FIELDS: tuple[str, ...] = (
@@ -24,6 +24,21 @@ LSST_META_FIELDS: tuple[str, ...] = (
 )
 
 _LSST_SCHEMA_FIELD = re.compile(r"v?(\d+)[._](\d+)")
+
+#: The fields :func:`rubin_alert` (with the light-curve code) reads: the decoder's projection for
+#: Rubin records (:data:`broker_plugin.decode.decoder.DECODE_FIELDS`). Keep in step with the code below.
+RUBIN_DECODE_FIELDS: dict[str, Any] = {
+    "diaSourceId": None,
+    "lsst_schema_version": None,
+    "diaSource": dict.fromkeys(("diaSourceId", "diaObjectId", "ssObjectId", "ra", "dec", "decl", "extendedness",
+                                "reliability", "snr", *RUBIN_SOURCE_FIELDS)),
+    "prvDiaSources": dict.fromkeys(RUBIN_SOURCE_FIELDS),
+    "prvDiaForcedSources": dict.fromkeys(RUBIN_SOURCE_FIELDS),
+    "diaObject": dict.fromkeys(("diaObjectId", "nDiaSources")),
+    "cutoutScience": None,
+    "cutoutTemplate": None,
+    "cutoutDifference": None,
+}
 
 
 def _num(v: Any) -> float:

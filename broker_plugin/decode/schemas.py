@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from fastavro.schema import SchemaParseException, UnknownType, load_schema
 
 from ..errors import DecodeError
 from .avro import parse_metadata
+from .fastread import CompiledReader
 
 #: Bound on the embedded-schema cache; real streams use a handful of schemas.
 MAX_CACHED_SCHEMAS = 64
@@ -51,6 +52,11 @@ class WriterSchema:
     codec: str = "null"
     name: str = ""
     version: str | None = None  # "4.02", "11.0"; None when the schema does not say
+    #: The schema compiled to Python (:mod:`.fastread`), built on its second use; fastavro is the fallback.
+    fast: CompiledReader = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fast", CompiledReader(self.parsed))
 
 
 def _version_of(schema: Any) -> str | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..alert import ZTF_FID_BANDS, Alert
 from ..errors import DecodeError
-from ..lightcurve import ztf_lightcurves
+from ..lightcurve import ZTF_DETECTION_FIELDS, ZTF_FORCED_FIELDS, ztf_lightcurves
 
 _JD_TO_MJD = 2400000.5
 
@@ -29,6 +29,21 @@ ZTF_META_FIELDS: tuple[str, ...] = (
     "neargaia",  # arcsec to the nearest Gaia source
     "maggaia",  # its G magnitude
 )
+
+
+#: The fields :func:`ztf_alert` (with the light-curve code) reads: the decoder's projection for ZTF
+#: records (:data:`broker_plugin.decode.decoder.DECODE_FIELDS`). Keep in step with the code below.
+ZTF_DECODE_FIELDS: dict[str, Any] = {
+    "objectId": None,
+    "candid": None,
+    "schemavsn": None,
+    "candidate": dict.fromkeys(("candid", "ra", "dec", "jd", "fid", *ZTF_DETECTION_FIELDS, *ZTF_META_FIELDS)),
+    "prv_candidates": dict.fromkeys(ZTF_DETECTION_FIELDS),
+    "fp_hists": dict.fromkeys(ZTF_FORCED_FIELDS),
+    "cutoutScience": None,
+    "cutoutTemplate": None,
+    "cutoutDifference": None,
+}
 
 
 def _num(v: Any) -> float:

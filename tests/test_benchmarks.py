@@ -1,0 +1,38 @@
+"""Smoke test of ``make bench``: the in-process part runs and the results have every key.
+
+Why no timing assertions: a benchmark measures the machine as much as the code, and a shared CI
+machine would make any threshold flaky. What can break silently is the harness itself (a renamed
+stage, a key the README or the table reads), so that is what is checked, on a handful of alerts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("training.synthetic", reason="the benchmark corpus uses the synthetic generator")
+
+from benchmarks import report, run
+
+
+def test_quick_in_process_benchmark_writes_every_key(tmp_path: Path) -> None:
+    code = run.main(["--quick", "--skip-e2e", "--stage-alerts", "4", "--stage-repeats", "1", "--alerts", "8",
+                     "--out", str(tmp_path), "--name", "smoke"])
+    assert code == 0
+    results = json.loads((tmp_path / "smoke.json").read_text())
+    assert set(report.TOP_KEYS) <= set(results)
+    assert results["mode"] == "quick"
+    assert results["machine"]["cpu_model"] and results["machine"]["python"]
+    assert "fastavro" in results["machine"]["libraries"]
+    assert results["stages"], "no stage group was measured"
+    for group in results["stages"].values():
+        assert set(report.STAGE_KEYS) <= set(group["us_per_alert"])
+        assert all(v >= 0 for v in group["us_per_alert"].values())
+    assert results["floor"]["alerts_per_s"] > 0
+    assert set(results["e2e"]) >= {"burst", "latency", "scaling"}  # skipped: present, None
+    keys = [row["key"] for row in results["targets"]]
+    assert keys == [t[0] for t in report.TARGETS]
+    table = (tmp_path / "smoke.md").read_text()
+    assert "## Targets" in table and "## Where the time goes" in table
