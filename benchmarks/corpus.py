@@ -68,7 +68,7 @@ class Corpus:
 
     def describe(self) -> dict[str, Any]:
         """Counts and mean sizes, for the report."""
-        out: dict[str, Any] = {"real_data": str(SHARED_DATA) if self.real_available else None,
+        out: dict[str, Any] = {"real_data": relative_path(SHARED_DATA) if self.real_available else None,
                                "real_files": dict(self.real_files), "groups": {}}
         for (survey, source), pk in sorted(self.packets.items()):
             if pk:
@@ -223,3 +223,12 @@ def build(n_ztf: int, n_lsst: int, *, real_share: float = 0.5, seed: int = 2026,
         serial += n_real
         corpus.packets[(survey, "synthetic")] = synthetic(n - n_real, survey, sseed)
     return corpus
+
+
+def relative_path(path: Path) -> str:
+    """A path as the report shows it: relative to the repository, so results name no machine's folders."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return os.path.relpath(Path(path).resolve(), root)
+    except ValueError:
+        return Path(path).name

@@ -66,7 +66,7 @@ def _bundle_info(annotator: Any) -> dict[str, Any]:
         return {"model_version": annotator.model_version, "roles": [], "candidate_scorer": False}
     return {"model_version": annotator.model_version, "roles": sorted(stage.bundle.sessions),
             "candidate_scorer": bool(getattr(stage, "has_candidate_scorer", False)),
-            "path": str(stage.bundle.path)}
+            "path": corpus_mod.relative_path(stage.bundle.path)}
 
 
 def measure_floor(packets: list[corpus_mod.Packet], repeats: int) -> dict[str, Any]:
