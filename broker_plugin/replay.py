@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker_plugin.cli import positive_int
 from broker_plugin.errors import ConfigError
 from broker_plugin.pipeline import INTERNAL_ERROR as _INTERNAL_ERROR
 from broker_plugin.pipeline import process_batch
@@ -193,16 +194,6 @@ def _progress_bar(show: bool) -> Any:
 # --------------------------------------------------------------------------------------- CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_parser(subparsers: Any) -> None:
     """Register ``replay`` on the ``bal-broker`` command line (see :mod:`broker_plugin.cli`)."""
     p = subparsers.add_parser(
@@ -219,7 +210,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="output file: .jsonl, .avro or .parquet")
     p.add_argument("--models", metavar="DIR", default=None, help="model bundle directory")
     p.add_argument(
-        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
+        "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
         help=f"alerts per annotation batch (default {DEFAULT_BATCH_SIZE})",
     )
     p.set_defaults(handler=run)

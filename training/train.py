@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from broker_plugin.cli import positive_int
 from broker_plugin.errors import ConfigError
 from broker_plugin.features import FEATURE_NAMES, FEATURE_VERSION
 from broker_plugin.inference import DEFAULT_CANDIDATE_THRESHOLD, DEFAULT_MIN_POINTS, enough_points
@@ -1036,16 +1037,6 @@ def scorer_hook(settings: Mapping[str, Any], *, seed: int, version: str, figures
 # ========================================================================================= CLI
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -1071,7 +1062,7 @@ def add_parser(subparsers: Any) -> None:
                      "catalogue.npz) and write DIR/report/report.md."),
     )
     src = p.add_argument_group("data (choose one)")
-    src.add_argument("--synthetic", type=_positive_int, metavar="N", help="N synthetic quasars")
+    src.add_argument("--synthetic", type=positive_int, metavar="N", help="N synthetic quasars")
     src.add_argument("--dr16q", metavar="FILE", help="DR16Q(-like) FITS catalogue")
     src.add_argument("--spectra", metavar="DIR", help="directory of spec-PLATE-MJD-FIBER.fits files")
     src.add_argument("--lightcurves", metavar="DIR", help="IRSA ZTF light curves (file or directory)")
@@ -1087,13 +1078,13 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-scorer", action="store_true",
                    help="skip the candidate scorer (cutout encoder + ranking head): candidate_score stays null")
     p.add_argument("--test-fraction", type=_fraction, default=0.25, help="held-out fraction (default 0.25)")
-    p.add_argument("--cv-folds", type=_positive_int, default=5, help="k of the stratified k-fold CV (default 5)")
-    p.add_argument("--min-points", type=_positive_int, default=DEFAULT_MIN_POINTS,
+    p.add_argument("--cv-folds", type=positive_int, default=5, help="k of the stratified k-fold CV (default 5)")
+    p.add_argument("--min-points", type=positive_int, default=DEFAULT_MIN_POINTS,
                    help=f"points in g or r for a light-curve probability (default {DEFAULT_MIN_POINTS})")
-    p.add_argument("--n-estimators", type=_positive_int, default=150, help="trees of the forest (default 150)")
-    p.add_argument("--max-depth", type=_positive_int, default=12, help="depth limit of the trees (default 12)")
-    p.add_argument("--epochs", type=_positive_int, default=200, help="attention net: max epochs (default 200)")
-    p.add_argument("--n-components", type=_positive_int, default=16, help="kernel-PCA components (default 16)")
+    p.add_argument("--n-estimators", type=positive_int, default=150, help="trees of the forest (default 150)")
+    p.add_argument("--max-depth", type=positive_int, default=12, help="depth limit of the trees (default 12)")
+    p.add_argument("--epochs", type=positive_int, default=200, help="attention net: max epochs (default 200)")
+    p.add_argument("--n-components", type=positive_int, default=16, help="kernel-PCA components (default 16)")
     p.add_argument("--downsample-ratio", type=float, default=None, metavar="R",
                    help="downsample non-BALs to R per BAL in the balanced (z, mean mag) space (default: off)")
     p.add_argument("--candidate-threshold", type=float, default=DEFAULT_CANDIDATE_THRESHOLD,
@@ -1101,7 +1092,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--name", default=None, help="bundle name (default bal-synthetic / bal-dr16q)")
     p.add_argument("--bundle-version", default="0.1.0", help="bundle version (default 0.1.0)")
     p.add_argument("--no-figures", action="store_true", help="skip the report's PNG figures")
-    p.add_argument("--jobs", type=_positive_int, default=1, help="threads for the forest (default 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="threads for the forest (default 1)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(handler=run)
     _DEFAULTS.update({a.dest: a.default for a in p._actions if a.dest != "help"})
