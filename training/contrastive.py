@@ -16,7 +16,6 @@ training. The runtime runs the exported ONNX file with onnxruntime; torch stays 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from broker_plugin.cutouts import CHANNELS, SIZE, Norm, stack_stamps
+from training.export import save, torch_to_onnx
 
 #: Names of the exported ONNX graph's input and output (the model bundle's manifest lists them).
 ONNX_INPUT = "cutouts"
@@ -313,27 +313,8 @@ def export_encoder_onnx(encoder: nn.Module, path: str | Path, opset: int = 18) -
     was_training = encoder.training
     encoder.eval()
     example = torch.zeros(2, int(getattr(encoder, "in_channels", CHANNELS)), SIZE, SIZE)
-    batch = torch.export.Dim("batch", min=1)
     try:
-        with warnings.catch_warnings():
-            # torch.export's pytree emits a FutureWarning about its own internals (LeafSpec): not ours to fix.
-            warnings.simplefilter("ignore", FutureWarning)
-            program = torch.onnx.export(
-                encoder,
-                (example,),
-                input_names=[ONNX_INPUT],
-                output_names=[ONNX_OUTPUT],
-                dynamic_shapes={"x": {0: batch}},
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
-                optimize=True,
-                verify=False,
-                verbose=False,
-            )
-        if program is None:
-            raise RuntimeError("torch.onnx.export returned no program")
-        program.save(str(path), external_data=False)
+        save(torch_to_onnx(encoder, (example,), [ONNX_INPUT], [ONNX_OUTPUT], opset), path)
     finally:
         encoder.train(was_training)
     return path

@@ -125,3 +125,40 @@ def set_metadata(model: Any, props: Mapping[str, Any]) -> None:
     existing.update({str(k): str(v) for k, v in props.items()})
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, existing)
+
+
+def torch_to_onnx(module: Any, example: tuple[Any, ...], input_names: list[str], output_names: list[str],
+                  opset: int) -> Any:
+    """Export a torch module with a dynamic batch axis on every input; returns the ModelProto.
+
+    The one place the project calls ``torch.onnx.export``: the dynamo (torch.export) exporter, the
+    maintained path in torch 2.13, with ``external_data=False`` so the weights live inside the one
+    file the bundle checksums. The exporter's own chatter (pytree FutureWarnings, the note that
+    inputs sharing one batch Dim keep one name, onnxscript progress lines) is silenced: not ours
+    to fix, and it would bury the training progress.
+    """
+    import contextlib
+    import logging
+    import warnings
+
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    quiet = [logging.getLogger(n) for n in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, example, dynamo=True, input_names=input_names, output_names=output_names,
+                dynamic_shapes=tuple({0: batch} for _ in example), opset_version=opset,
+                external_data=False, optimize=True, verify=False, verbose=False,
+            )
+    finally:
+        for lg, lvl in zip(quiet, levels, strict=True):
+            lg.setLevel(lvl)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    return program.model_proto

@@ -41,7 +41,6 @@ afterwards), so the same seed gives the same weights on any machine.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import warnings
 from collections.abc import Iterator
@@ -311,7 +310,7 @@ class AttentionFusion:
         """``lc_features`` [N, F], ``spec_embedding`` [N, K] -> ``probability`` [N, 1], ``attention`` [N, 2]."""
         import onnx
 
-        from .export import save, set_metadata
+        from .export import save, set_metadata, torch_to_onnx
 
         torch = _torch()
 
@@ -329,25 +328,8 @@ class AttentionFusion:
         ex_lc = torch.zeros(3, self.n_lc)
         ex_lc[0, 0] = float("nan")
         ex = (ex_lc, torch.zeros(3, self.n_spec))
-        batch = torch.export.Dim("N")
-        quiet = [logging.getLogger(name) for name in ("torch", "torch.__trace", "torch.onnx", "torch.export",
-                                                     "torch._dynamo", "onnxscript")]
-        levels = [lg.level for lg in quiet]
-        try:
-            for lg in quiet:
-                lg.setLevel(logging.ERROR)
-            with warnings.catch_warnings(), _torch_threads(1), contextlib.redirect_stdout(None):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(
-                    wrapper, ex, dynamo=True, input_names=[ATT_LC_INPUT, ATT_SPEC_INPUT],
-                    output_names=[ATT_OUTPUT, ATT_WEIGHTS],
-                    dynamic_shapes={"lc_features": {0: batch}, "spec_embedding": {0: batch}},
-                    opset_version=ONNX_OPSET, external_data=False, optimize=True, verbose=False,
-                )
-        finally:
-            for lg, lvl in zip(quiet, levels, strict=True):
-                lg.setLevel(lvl)
-        model = program.model_proto
+        with _torch_threads(1):
+            model = torch_to_onnx(wrapper, ex, [ATT_LC_INPUT, ATT_SPEC_INPUT], [ATT_OUTPUT, ATT_WEIGHTS], ONNX_OPSET)
         model.producer_name = "bal-broker.training.fusion"
         set_metadata(model, {"model": "fusion_attention", "positive_class": "BAL", "seed": self.seed,
                              "n_lc_features": self.n_lc, "embedding_dim": self.n_spec})

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -88,6 +87,7 @@ from training.contrastive import (
     onnx_parity,
     train_encoder,
 )
+from training.export import save, torch_to_onnx
 
 #: Population of the head's synthetic alerts. Richer in contaminants than the demo stream mix
 #: (blazars in particular, the hardest negative) but still far richer in quasars than a real
@@ -454,27 +454,7 @@ def export_head_onnx(head: RankingHead, path: str | Path, opset: int = 18) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     head.eval()
     example = tuple(torch.zeros(2, head.dims[k]) for k in HEAD_INPUTS)
-    batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.export's own pytree deprecation notice
-        # The three inputs share one batch Dim on purpose; the exporter notes it keeps only one name.
-        warnings.filterwarnings("ignore", message=".*axis name: batch will not be used", category=UserWarning)
-        program = torch.onnx.export(
-            head,
-            example,
-            input_names=list(HEAD_INPUTS),
-            output_names=[HEAD_OUTPUT],
-            dynamic_shapes={"embedding": {0: batch}, "lc_features": {0: batch}, "meta": {0: batch}},
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            optimize=True,
-            verify=False,
-            verbose=False,
-        )
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path), external_data=False)
+    save(torch_to_onnx(head, example, list(HEAD_INPUTS), [HEAD_OUTPUT], opset), path)
     return path
 
 
