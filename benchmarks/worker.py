@@ -21,6 +21,8 @@ can see a multi-worker run finish.
 
 ``BAL_BENCH_ENCODER_BATCH=N`` (what-if, not a product setting) runs the cutout encoder in chunks of N
 alerts instead of inference.ENCODER_MAX_BATCH, to size the proposal in the benchmark report.
+``BAL_BENCH_PROFILE=PATH`` runs the service loop under ``cProfile`` and writes the statistics to PATH
+(for finding where the worker's time goes; the profiler's overhead makes that run's figures slower).
 """
 
 from __future__ import annotations
@@ -138,7 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     cpu0 = time.process_time()
-    code = service.run(stop)
+    profile_path = os.environ.get("BAL_BENCH_PROFILE")
+    if profile_path:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        code = profiler.runcall(service.run, stop)
+        profiler.dump_stats(profile_path)
+    else:
+        code = service.run(stop)
     cpu_end = time.process_time()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     s = service.stats

@@ -66,25 +66,35 @@ def process_batch(annotator: Any, payloads: Sequence[bytes], *,
                   decode: Callable[[bytes], Alert] | None = None) -> ProcessedBatch:
     """Decode and annotate ``payloads`` (one alert message each) with ``annotator``.
 
-    ``decode`` defaults to :func:`broker_plugin.decode.decode_alert`. Never raises for bad input or
-    a bug in decode/features/models: those become :class:`Rejected` entries.
+    ``decode`` defaults to the default decoder's batch path
+    (:meth:`broker_plugin.decode.Decoder.decode_batch`, the same alerts as
+    :func:`~broker_plugin.decode.decode_alert` on each message, light curves built for the batch at
+    once); a given ``decode`` is called per message. Never raises for bad input or a bug in
+    decode/features/models: those become :class:`Rejected` entries.
     """
     from broker_plugin.annotate import check_alert
 
-    if decode is None:
-        from broker_plugin.decode import decode_alert as decode
     out = ProcessedBatch()
     t0 = time.perf_counter()
+    if decode is None:
+        from broker_plugin.decode import default_decoder
+
+        decoded = default_decoder().decode_batch(payloads)
+    else:
+        decoded = []
+        for data in payloads:
+            try:
+                decoded.append(decode(data))
+            except Exception as exc:
+                decoded.append(exc)
     alerts: list[Alert] = []
     indices: list[int] = []
-    for i, data in enumerate(payloads):
-        try:
-            alert = decode(data)
-        except DecodeError as exc:
-            out.rejects.append(Rejected(i, "decode", exc.reason, str(exc), type(exc).__name__))
+    for i, alert in enumerate(decoded):
+        if isinstance(alert, DecodeError):
+            out.rejects.append(Rejected(i, "decode", alert.reason, str(alert), type(alert).__name__))
             continue
-        except Exception as exc:  # a decoder bug must not lose the rest of the batch
-            out.rejects.append(Rejected(i, "decode", INTERNAL_ERROR, describe(exc), type(exc).__name__))
+        if isinstance(alert, Exception):  # a decoder bug must not lose the rest of the batch
+            out.rejects.append(Rejected(i, "decode", INTERNAL_ERROR, describe(alert), type(alert).__name__))
             continue
         problem = check_alert(alert)
         if problem is not None:

@@ -16,7 +16,6 @@ import pytest
 
 from broker_plugin import decode as decode_mod
 from broker_plugin import features as features_mod
-from broker_plugin.alert import Alert
 from broker_plugin.annotate import load_model_stage
 from broker_plugin.errors import BundleError, ConfigError
 from broker_plugin.output import RECORD_FIELDS, rejects_path
@@ -170,25 +169,28 @@ def test_internal_errors_are_rejected_and_the_rest_is_written(
 ) -> None:
     """A bug hit by one alert (decoder or feature code raising) must not lose the other alerts."""
     files = ztf_alert_files[:6]
-    real_decode = decode_mod.decode_alert
+    decoder = decode_mod.default_decoder()
     real_batch = features_mod.compute_features_batch
+    real_decode_batch = decoder.decode_batch
 
-    def decode(data: bytes) -> Alert:
-        if data == files[1].read_bytes():
-            raise RuntimeError("decoder bug")
-        alert = real_decode(data)
-        if data == files[3].read_bytes():
-            alert.lightcurves = {**alert.lightcurves, "poison": alert.lightcurves[next(iter(alert.lightcurves))]}
-        if data == files[4].read_bytes():
-            alert.ra = float("nan")
-        return alert
+    def decode_batch(payloads: list[bytes]) -> list[Any]:
+        out = real_decode_batch(payloads)
+        for i, data in enumerate(payloads):
+            if data == files[1].read_bytes():
+                out[i] = RuntimeError("decoder bug")
+            elif data == files[3].read_bytes():
+                lcs = out[i].lightcurves
+                out[i].lightcurves = {**lcs, "poison": lcs[next(iter(lcs))]}
+            elif data == files[4].read_bytes():
+                out[i].ra = float("nan")
+        return out
 
     def batch(lcs: list[dict[str, Any]]) -> Any:
         if any("poison" in lc for lc in lcs):
             raise ZeroDivisionError("feature bug")
         return real_batch(lcs)
 
-    monkeypatch.setattr(decode_mod, "decode_alert", decode)
+    monkeypatch.setattr(decoder, "decode_batch", decode_batch)
     monkeypatch.setattr("broker_plugin.annotate.compute_features_batch", batch)
     out = tmp_path / "o.jsonl"
     result = replay(files, out, progress=False)

@@ -70,8 +70,10 @@ def _required_float(src: Mapping[str, Any], *keys: str) -> float:
     return f
 
 
-def rubin_alert(record: dict[str, Any], *, schema_version: str | None, raw: bytes) -> Alert:
+def rubin_alert(record: dict[str, Any], *, schema_version: str | None, raw: bytes, lightcurves: bool = True) -> Alert:
     """Build the normalised Alert of a Rubin record; DecodeError when identity or position is unusable.
+
+    ``lightcurves=False``: as for :func:`broker_plugin.decode.ztf.ztf_alert` (the batch path adds them).
 
     object_id is the diaObjectId (from diaSource, else from diaObject); an alert of a solar-system
     object with no diaObject uses its ssObjectId and is flagged ``ss_object``.
@@ -105,7 +107,7 @@ def rubin_alert(record: dict[str, Any], *, schema_version: str | None, raw: byte
     if schema_version is None:
         m = _LSST_SCHEMA_FIELD.search(str(record.get("lsst_schema_version", "")))
         schema_version = f"{int(m.group(1))}.{int(m.group(2))}" if m else "unknown"
-    lcs, uls, lc_flags = rubin_lightcurves(record)
+    lcs, uls, lc_flags = rubin_lightcurves(record) if lightcurves else ({}, {}, [])
     meta = {
         "extendedness": _num(src.get("extendedness")),
         "reliability": _num(src.get("reliability")),

@@ -85,8 +85,12 @@ def _required_float(cand: Mapping[str, Any], key: str) -> float:
     return f
 
 
-def ztf_alert(record: dict[str, Any], *, schema_version: str | None, raw: bytes) -> Alert:
-    """Build the normalised Alert of a ZTF record; DecodeError when identity or position is unusable."""
+def ztf_alert(record: dict[str, Any], *, schema_version: str | None, raw: bytes, lightcurves: bool = True) -> Alert:
+    """Build the normalised Alert of a ZTF record; DecodeError when identity or position is unusable.
+
+    ``lightcurves=False`` leaves the light curves, upper limits and their flags to the caller, which
+    builds them for a whole batch at once (:meth:`broker_plugin.decode.Decoder.decode_batch`).
+    """
     cand = record.get("candidate")
     if not isinstance(cand, Mapping):
         raise DecodeError("ZTF alert has no candidate record", reason="missing_field")
@@ -110,7 +114,7 @@ def ztf_alert(record: dict[str, Any], *, schema_version: str | None, raw: bytes)
     version = record.get("schemavsn")
     if not isinstance(version, str) or not version:
         version = schema_version or "unknown"
-    lcs, uls, flags = ztf_lightcurves(record)
+    lcs, uls, flags = ztf_lightcurves(record) if lightcurves else ({}, {}, [])
     return Alert(
         survey="ztf",
         object_id=object_id,
