@@ -49,7 +49,7 @@ from broker_plugin.decode import decode_alert, default_decoder
 from broker_plugin.decode.avro import CONTAINER_MAGIC, container_blocks, decompress, read_container_header
 from broker_plugin.decode.schemas import embedded_schema, packaged_lsst_schema
 from broker_plugin.features import compute_features_batch
-from broker_plugin.lightcurve import rubin_lightcurves, ztf_lightcurves
+from broker_plugin.lightcurve import rubin_lightcurves_batch, ztf_lightcurves_batch
 
 from .corpus import Packet
 
@@ -177,8 +177,10 @@ def measure_group(packets: Sequence[Packet], annotator: Any, timed: dict[str, Ti
             add("floor_fastavro_reader", _timed(
                 lambda: [list(fastavro.reader(io.BytesIO(d))) for d in containers]), len(containers))
         add("avro", _timed(lambda: [decoder.records(d) for d in data]), n)
-        add("lightcurves", _timed(lambda: [
-            (ztf_lightcurves if s == "ztf" else rubin_lightcurves)(r) for r, s in zip(records, surveys, strict=True)
+        add("lightcurves", _timed(lambda: [  # per batch and survey, as Decoder.decode_batch builds them
+            (ztf_lightcurves_batch if s == "ztf" else rubin_lightcurves_batch)([r for r, _ in grp])
+            for b in _batches(list(zip(records, surveys, strict=True)), batch)
+            for s in ("ztf", "lsst") if (grp := [x for x in b if x[1] == s])
         ]), n)
         add("cutouts", _timed(lambda: [cutout_batch([a.cutouts for a in b]) for b in _batches(alerts, batch)]), n)
 

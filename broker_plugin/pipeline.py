@@ -12,6 +12,7 @@ Nothing here knows about files, Kafka, offsets or output formats.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from broker_plugin.errors import DecodeError
 
 #: Reason recorded for an unexpected exception (a bug), whatever the stage.
 INTERNAL_ERROR = "internal_error"
+
+#: The garbage collector's young-generation threshold while batches are processed (CPython's default is
+#: 700 allocations): a 500-alert batch allocates ~10^6 objects, nearly all freed by reference counting.
+GC_GEN0_THRESHOLD = 10_000
 
 #: Reason recorded when a decoded alert fails :func:`broker_plugin.annotate.check_alert`.
 BAD_VALUE = "bad_value"
@@ -54,6 +59,22 @@ class ProcessedBatch:
     rejects: list[Rejected] = field(default_factory=list)
     decode_s: float = 0.0
     annotate_s: float = 0.0
+
+
+def settle_heap() -> None:
+    """Call once after start-up (models, schemas and modules loaded), before the first batch.
+
+    Why: with CPython's defaults the cyclic garbage collector ran ~1,400 times per 1,000 alerts and
+    re-scanned every start-up object on each older-generation pass, ~30 us per alert (measured with
+    ``gc.callbacks`` around the batch loop). ``gc.freeze`` moves the start-up objects to a permanent
+    generation the collector skips, and a higher young threshold makes collections rarer: ~5 us per
+    alert. Batch objects hold no reference cycles of note, so memory is unaffected; the collector still
+    runs, just less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
 
 
 def describe(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 from broker_plugin.cli import positive_int
 from broker_plugin.errors import ConfigError
 from broker_plugin.pipeline import INTERNAL_ERROR as _INTERNAL_ERROR
-from broker_plugin.pipeline import process_batch
+from broker_plugin.pipeline import process_batch, settle_heap
 
 #: Default micro-batch: the service's processing.batch_size default, large enough to amortise the
 #: vectorised feature/ONNX calls, small enough that a batch's alerts (with cutouts) fit in memory.
@@ -109,6 +109,7 @@ def replay(
     show = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(show)
     t_start = time.perf_counter()
+    settle_heap()  # models loaded: keep the garbage collector off them (pipeline.settle_heap)
 
     writer = open_writer(out_path, feature_names=annotator.feature_names, metadata=metadata)
     try:

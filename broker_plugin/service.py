@@ -80,7 +80,7 @@ from . import __version__
 from .config import ServiceConfig, load_config, parse_time_ms
 from .errors import BalBrokerError, ConfigError
 from .logs import RateLimiter, rate_limit, register_secret
-from .pipeline import INTERNAL_ERROR
+from .pipeline import INTERNAL_ERROR, settle_heap
 
 log = logging.getLogger(__name__)
 _rdkafka_log = logging.getLogger("broker_plugin.service.librdkafka")
@@ -434,6 +434,7 @@ class Service:
         })
         if self.producer is None:
             self.producer = Producer(self.producer_conf())
+        settle_heap()  # models and clients are loaded: keep the collector off them (pipeline.settle_heap)
         if self.exactly_once:
             self._retry_until_stopped("init_transactions", lambda: self.producer.init_transactions(10.0))
         if self.consumer is None:
