@@ -229,6 +229,7 @@ def run_burst(packets: Sequence[Packet], *, models: str | None = None, timeout: 
         "broker_cpu_ms_per_alert": round((b1 - b0) / n * 1e3, 4) if b0 is not None and b1 is not None else None,
         "broker_cpu_utilisation": round((b1 - b0) / clear_s, 3) if b0 is not None and b1 is not None else None,
         "peak_rss_mb": round(r["peak_rss_mb"], 1),
+        "thread_cpu_ms_per_alert": {k: round(v / n * 1e3, 4) for k, v in (r.get("thread_cpu_s") or {}).items()},
         "annotated": r["annotated"],
         "rejected": r["rejected"],
         "candidates": r["produced_candidates"],

@@ -56,6 +56,33 @@ def peak_rss_mb() -> float | None:
     return None
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of this process's threads, summed by thread name (Linux /proc).
+
+    Splits the worker's CPU between the Python main thread (decode, features, models, the loop) and
+    librdkafka's threads (``rdk:broker...``: fetching, compression, sockets), which the per-stage
+    timers in the main thread cannot see. Empty where /proc is not there.
+    """
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        secs = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat)
+        key = "main" if tid == str(os.getpid()) else name.split(":")[0] if ":" in name else name
+        out[key] = round(out.get(key, 0.0) + secs, 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     with open(args[0]) as fh:
@@ -150,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         code = service.run(stop)
     cpu_end = time.process_time()
+    threads = thread_cpu_s()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     s = service.stats
     result = {
@@ -167,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s_at_assign": service.cpu_assign,
         "cpu_s_at_done": service.cpu_done,
         "peak_rss_mb": peak_rss_mb(),
+        "thread_cpu_s": threads,
         "ru_maxrss_mb": usage.ru_maxrss / 1024.0,  # inherited across exec on Linux: for reference only
         "consumed": s.consumed,
         "annotated": s.annotated,
