@@ -90,6 +90,11 @@ def _bounds(results: Mapping[str, Any]) -> dict[str, str]:
         text = (f"CPU-bound (worker at {burst.get('worker_cpu_utilisation', 0):.0%} of its core): "
                 f"{cpu_us:,.0f} us of CPU per alert = " + ", ".join(f"{n} {v:,.0f}" for n, v in parts)
                 + f", service loop and the rest {cpu_us - sum(v for _n, v in parts):,.0f}")
+        threads = burst.get("thread_cpu_ms_per_alert") or {}
+        if threads:
+            rdk = sum(v for k, v in threads.items() if k.startswith("rdk"))
+            text += (f"; by thread: Python main thread {threads.get('main', 0) * 1e3:,.0f} us, librdkafka's threads "
+                     f"{rdk * 1e3:,.0f} us per alert")
         out["e2e_vs_floor"] = out["e2e_alerts_per_s"] = text
         out["burst_clear_s"] = f"{burst.get('alerts', 0):,} alerts / {burst.get('alerts_per_s', 0):,.0f} alerts/s: " \
                                "the same CPU bound"

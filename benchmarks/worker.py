@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         t_done: float | None = None
         cpu_assign: float | None = None
         cpu_done: float | None = None
+        threads_assign: dict[str, float] | None = None
+        threads_done: dict[str, float] | None = None
         samples: list[tuple[float, int, int, float]]
         assignments: list[tuple[float, list[str]]]
         _last_write = 0.0
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
             self.t_assign = time.time()
             self.cpu_assign = time.process_time()
+            self.threads_assign = thread_cpu_s()
             self.assigned = [f"{tp.topic}/{tp.partition}" for tp in partitions]
             self.assignments.append((self.t_assign, self.assigned))
             super()._on_assign(consumer, partitions)
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 if s.produced_out + s.produced_dlq >= expect:
                     self.t_done = time.time()
                     self.cpu_done = time.process_time()
+                    self.threads_done = thread_cpu_s()
                     self.stop_event.set()
             self.samples.append((time.time(), s.consumed, s.produced_out + s.produced_dlq, time.process_time()))
             self._write_progress()
@@ -177,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         code = service.run(stop)
     cpu_end = time.process_time()
-    threads = thread_cpu_s()
+    # per-thread CPU between assignment and the last acknowledgement (the burst window), else the whole run
+    t_a, t_d = service.threads_assign, service.threads_done
+    threads = ({k: round(v - t_a.get(k, 0.0), 3) for k, v in t_d.items()} if t_a is not None and t_d is not None
+               else thread_cpu_s())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     s = service.stats
     result = {
