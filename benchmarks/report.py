@@ -110,6 +110,14 @@ def _bounds(results: Mapping[str, Any]) -> dict[str, str]:
             f"does {', '.join(f'{v:,.0f}' for v in scale.get('per_worker_alerts_per_cpu_s') or [])} alerts per "
             f"CPU-second against {burst.get('alerts_per_cpu_s') or 0:,.0f} alone (the two vCPUs share caches or a "
             "physical core on the host)")
+        cpus = (results.get("machine") or {}).get("logical_cpus") or 0
+        w_ms, b_ms = burst.get("worker_cpu_ms_per_alert"), burst.get("broker_cpu_ms_per_alert")
+        if cpus and w_ms and b_ms and burst.get("alerts_per_s"):
+            ceiling = cpus * 1e3 / (w_ms + b_ms)
+            out["two_workers_speedup"] += (
+                f"; with the broker on this machine the ceiling is {cpus} cores / ({w_ms:.2f} + {b_ms:.2f} ms of "
+                f"worker and broker CPU per alert) = {ceiling:,.0f} alerts/s, {ceiling / burst['alerts_per_s']:.2f}x "
+                "one worker, so 1.7x needs more cores or a broker on other machines")
     return out
 
 
@@ -155,6 +163,9 @@ def markdown(results: Mapping[str, Any]) -> str:
             ("burst: runs (alerts/s)", ", ".join(f"{x:,.0f}" for x in burst.get("runs_alerts_per_s") or [])),
             ("burst: alerts per CPU-second of the worker", burst.get("alerts_per_cpu_s")),
             ("burst: worker CPU utilisation while clearing", burst.get("worker_cpu_utilisation")),
+            ("burst: worker CPU per alert by thread (us)", ", ".join(
+                f"{k} {v * 1e3:,.0f}" for k, v in sorted((burst.get("thread_cpu_ms_per_alert") or {}).items()) if v)
+             or None),
             ("burst: broker CPU ms per alert (other core)", burst.get("broker_cpu_ms_per_alert")),
             ("burst: clear time from assignment (s)", burst.get("clear_s_from_assignment")),
             ("burst: clear time from process start, join included (s)", burst.get("clear_s_from_process_start")),
