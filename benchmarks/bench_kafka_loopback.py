@@ -15,8 +15,8 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from broker_plugin.embedded_broker import EmbeddedBroker
-from broker_plugin.kafka_config import consumer_config, producer_config
+from broker_plugin.broker.embedded import EmbeddedBroker
+from broker_plugin.stream.kafka_config import consumer_config, producer_config
 
 
 def broker_start_seconds(runs: int) -> list[float]:

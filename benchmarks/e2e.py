@@ -93,7 +93,7 @@ def _topics(broker: Any, names: Sequence[str]) -> None:
 def _producer(bootstrap: str) -> Any:
     from confluent_kafka import Producer
 
-    from broker_plugin.kafka_config import producer_config
+    from broker_plugin.stream.kafka_config import producer_config
 
     return Producer(producer_config({}, bootstrap=bootstrap))
 
@@ -179,7 +179,7 @@ class Worker:
 
 
 def _broker(other: Sequence[int]) -> Any:
-    from broker_plugin.embedded_broker import EmbeddedBroker
+    from broker_plugin.broker.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker().start()
     set_affinity_all(broker.pid, other)

@@ -15,16 +15,16 @@ is timed on the real code path, batch by batch (the service's batch size), over 
     decoded record, and the whole decode stage of :func:`broker_plugin.pipeline.process_batch`
     (Avro + normalisation + light curves + checks).
 ``features`` / ``models`` / ``records``
-    From :class:`~broker_plugin.annotate.Annotator`'s own per-batch timings during the same
+    From :class:`~broker_plugin.models.annotate.Annotator`'s own per-batch timings during the same
     ``process_batch`` call; ``models`` is the whole model stage (``BundleStage.predict``: cross-match,
     every session, flags). Each ONNX session is wrapped to time its ``run`` calls as the stage made
     them (``models_as_run``), and, separately, run on *every* alert of the batch
     (``models_every_alert``), which is what a model costs when nothing gates it.
 ``cutouts``
-    :func:`broker_plugin.cutouts.cutout_batch` (three stamps -> one tensor per alert). On the
+    :func:`broker_plugin.photometry.cutouts.cutout_batch` (three stamps -> one tensor per alert). On the
     service path only when the bundle has the candidate scorer; measured always.
 ``output_encoding``
-    :meth:`broker_plugin.kafka_output.OutputEncoder.encode` (input bytes + the ``bal`` field).
+    :meth:`broker_plugin.stream.kafka_output.OutputEncoder.encode` (input bytes + the ``bal`` field).
 ``in_process_total``
     ``process_batch`` + output encoding, wall time: the pipeline without Kafka.
 
@@ -48,8 +48,8 @@ import numpy as np
 from broker_plugin.decode import decode_alert, default_decoder
 from broker_plugin.decode.avro import CONTAINER_MAGIC, container_blocks, decompress, read_container_header
 from broker_plugin.decode.schemas import embedded_schema, packaged_lsst_schema
-from broker_plugin.features import compute_features_batch
-from broker_plugin.lightcurve import rubin_lightcurves_batch, ztf_lightcurves_batch
+from broker_plugin.photometry.features import compute_features_batch
+from broker_plugin.photometry.lightcurve import rubin_lightcurves_batch, ztf_lightcurves_batch
 
 from .corpus import Packet
 
@@ -85,7 +85,7 @@ class TimedSession:
 
 def load_annotator(models: str | None) -> tuple[Any, dict[str, TimedSession]]:
     """An Annotator on the bundle (default: the shipped one), its sessions wrapped in TimedSession."""
-    from broker_plugin.annotate import Annotator, load_model_stage
+    from broker_plugin.models.annotate import Annotator, load_model_stage
 
     stage = load_model_stage(models)
     timed: dict[str, TimedSession] = {}
@@ -144,9 +144,9 @@ def _every_alert_feed(session: Any, n: int, features: np.ndarray, tensors: np.nd
 def measure_group(packets: Sequence[Packet], annotator: Any, timed: dict[str, TimedSession], *,
                   repeats: int, batch: int = BATCH) -> dict[str, Any]:
     """Median per-alert microseconds of every stage over ``repeats`` passes (module docstring)."""
-    from broker_plugin.cutouts import cutout_batch
-    from broker_plugin.kafka_output import OutputEncoder
+    from broker_plugin.photometry.cutouts import cutout_batch
     from broker_plugin.pipeline import process_batch
+    from broker_plugin.stream.kafka_output import OutputEncoder
 
     data = [p.data for p in packets]
     n = len(data)
@@ -242,7 +242,7 @@ def gzip_comparison(packets: Sequence[Packet], repeats: int) -> dict[str, Any] |
     a few microseconds; the inflate itself (~13 kB of nearly incompressible float32 noise per stamp)
     is the cost, and ISA-L's inflate is the fastest one measured (hence the dependency).
     """
-    from broker_plugin.cutouts import _gunzip
+    from broker_plugin.photometry.cutouts import _gunzip
 
     stamps = [c for p in packets for c in decode_alert(p.data).cutouts.values() if c and c[:2] == b"\x1f\x8b"]
     if not stamps:
@@ -276,11 +276,11 @@ def kafka_client_costs(packets: Sequence[Packet], mine: Sequence[int], other: Se
     from confluent_kafka import Consumer, Producer
 
     from broker_plugin import __version__
-    from broker_plugin.annotate import Annotator
     from broker_plugin.config import load_config
-    from broker_plugin.kafka_config import consumer_config, producer_config
-    from broker_plugin.kafka_output import OutputEncoder
+    from broker_plugin.models.annotate import Annotator
     from broker_plugin.pipeline import process_batch
+    from broker_plugin.stream.kafka_config import consumer_config, producer_config
+    from broker_plugin.stream.kafka_output import OutputEncoder
 
     from .e2e import _broker, _proc_cpu_s
 

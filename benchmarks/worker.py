@@ -4,7 +4,7 @@ Why a separate process: the issue asks for the service on *one core* with the br
 generator on the other, so the worker pins itself (``os.sched_setaffinity``) before importing
 anything, so that every thread it starts (librdkafka's, onnxruntime's) inherits the one core.
 
-It runs the real :class:`broker_plugin.service.Service` (``Service(cfg).run(stop_event)``), the very
+It runs the real :class:`broker_plugin.stream.service.Service` (``Service(cfg).run(stop_event)``), the very
 loop ``bal-broker run`` runs, in a thin subclass that only *observes*:
 
 * ``_on_assign`` records when the consumer group gave it partitions (the group join, ~3 s on the
@@ -95,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     from broker_plugin.config import load_config
-    from broker_plugin.logs import setup_logging
-    from broker_plugin.service import Service
+    from broker_plugin.stream.logs import setup_logging
+    from broker_plugin.stream.service import Service
 
     what_if = os.environ.get("BAL_BENCH_ENCODER_BATCH")
     if what_if:  # a what-if for the report only: the cutout encoder's chunk size (inference.py's constant)
-        import broker_plugin.inference as inference
+        import broker_plugin.models.inference as inference
 
         inference.ENCODER_MAX_BATCH = int(what_if)  # type: ignore[misc]
     cfg = load_config(overrides=spec["config"], environ={})

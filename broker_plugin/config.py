@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from broker_plugin.errors import ConfigError
 
 ENV_PREFIX = "BAL_BROKER__"
 

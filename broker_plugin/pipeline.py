@@ -3,7 +3,7 @@
 Why a module of its own: ``bal-broker replay`` (files) and ``bal-broker run`` (Kafka) must turn the
 same bytes into the same records and reject the same messages for the same reasons; only where the
 bytes come from and where the results go differ. :func:`process_batch` is that common middle:
-decode every message, guard the alert (:func:`broker_plugin.annotate.check_alert`), annotate the
+decode every message, guard the alert (:func:`broker_plugin.models.annotate.check_alert`), annotate the
 survivors in one vectorised call, and fall back to alert-by-alert annotation when the batch call
 raises, so that one alert that breaks the feature code costs only itself (as ``internal_error``).
 
@@ -28,7 +28,7 @@ INTERNAL_ERROR = "internal_error"
 #: 700 allocations): a 500-alert batch allocates ~10^6 objects, nearly all freed by reference counting.
 GC_GEN0_THRESHOLD = 10_000
 
-#: Reason recorded when a decoded alert fails :func:`broker_plugin.annotate.check_alert`.
+#: Reason recorded when a decoded alert fails :func:`broker_plugin.models.annotate.check_alert`.
 BAD_VALUE = "bad_value"
 
 
@@ -93,7 +93,7 @@ def process_batch(annotator: Any, payloads: Sequence[bytes], *,
     once); a given ``decode`` is called per message. Never raises for bad input or a bug in
     decode/features/models: those become :class:`Rejected` entries.
     """
-    from broker_plugin.annotate import check_alert
+    from broker_plugin.models.annotate import check_alert
 
     out = ProcessedBatch()
     t0 = time.perf_counter()

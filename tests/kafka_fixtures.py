@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker_plugin.embedded_broker import BrokerNotInstalledError, EmbeddedBroker
+from broker_plugin.broker.embedded import BrokerNotInstalledError, EmbeddedBroker
 from tests.kafka_helpers import TopicFactory, unique_name
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from broker_plugin.annotate import Predictions
 from broker_plugin.config import ServiceConfig, load_config
+from broker_plugin.models.annotate import Predictions
 from tests.kafka_helpers import unique_name
 
 CORRUPT_MESSAGES: tuple[tuple[str, bytes], ...] = (
@@ -187,7 +187,7 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 
 
 
 class ServiceThread:
-    """Runs a :class:`broker_plugin.service.Service` in a thread; ``stop()`` returns its exit status."""
+    """Runs a :class:`broker_plugin.stream.service.Service` in a thread; ``stop()`` returns its exit status."""
 
     def __init__(self, service: Any) -> None:
         self.service = service

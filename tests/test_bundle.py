@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from broker_plugin.bundle import MANIFEST, ModelBundle, default_bundle_path, sha256_file
 from broker_plugin.cli import main
 from broker_plugin.errors import BundleError
-from broker_plugin.features import FEATURE_NAMES, FEATURE_VERSION
+from broker_plugin.models.bundle import MANIFEST, ModelBundle, default_bundle_path, sha256_file
+from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION
 
 DEFAULT = default_bundle_path()
 pytestmark = pytest.mark.skipif(not (DEFAULT / MANIFEST).is_file(),

@@ -15,10 +15,10 @@ import fastavro
 import numpy as np
 import pytest
 
-from broker_plugin.bundle import MANIFEST, ModelBundle, default_bundle_path
-from broker_plugin.inference import FLAG_NO_CANDIDATE_SCORER, FLAG_TOO_FEW_POINTS
-from broker_plugin.replay import replay
-from broker_plugin.scoring import FLAG_BAL_PRIOR, FLAG_NO_CUTOUTS
+from broker_plugin.files.replay import replay
+from broker_plugin.models.bundle import MANIFEST, ModelBundle, default_bundle_path
+from broker_plugin.models.inference import FLAG_NO_CANDIDATE_SCORER, FLAG_TOO_FEW_POINTS
+from broker_plugin.models.scoring import FLAG_BAL_PRIOR, FLAG_NO_CUTOUTS
 
 DEFAULT = default_bundle_path()
 pytestmark = pytest.mark.skipif(not (DEFAULT / MANIFEST).is_file(),
@@ -38,7 +38,7 @@ def _points(r: dict[str, Any]) -> int:
 
 
 def _check_record(r: dict[str, Any], rules: tuple[int, float], has_cutouts: bool) -> None:
-    """The rules of broker_plugin.scoring / inference on one output record."""
+    """The rules of broker_plugin.models.scoring / inference on one output record."""
     min_points, threshold = rules
     if _points(r) >= min_points:
         assert r["bal_lc_prob"] is not None and 0.0 <= r["bal_lc_prob"] <= 1.0, r
@@ -87,9 +87,9 @@ def test_every_real_ztf_alert_gets_an_embedding_based_score(ztf_alert_dir: Path,
 
 def test_rubin_alerts_without_cutouts_get_null_and_a_flag(lsst_alert_files: list[Path], tmp_path: Path,
                                                           rules: tuple[int, float]) -> None:
-    from broker_plugin.cutouts import cutout_batch
     from broker_plugin.decode import decode_alert
-    from broker_plugin.scoring import cutouts_usable
+    from broker_plugin.models.scoring import cutouts_usable
+    from broker_plugin.photometry.cutouts import cutout_batch
 
     assert lsst_alert_files
     records = _replay(lsst_alert_files, tmp_path / "lsst.jsonl")

@@ -91,7 +91,7 @@ def test_internal_error_exits_1_and_interrupt_130(
     def boom(*_a: object, **_k: object) -> None:
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr("broker_plugin.replay.replay", boom)
+    monkeypatch.setattr("broker_plugin.files.replay.replay", boom)
     assert main(["replay", str(few_alerts), "-o", str(tmp_path / "o.jsonl")]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "bal-broker: internal error: RuntimeError: something broke"
@@ -99,7 +99,7 @@ def test_internal_error_exits_1_and_interrupt_130(
     def interrupt(*_a: object, **_k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("broker_plugin.replay.replay", interrupt)
+    monkeypatch.setattr("broker_plugin.files.replay.replay", interrupt)
     assert main(["replay", str(few_alerts), "-o", str(tmp_path / "o.jsonl")]) == 130
 
 

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from broker_plugin.cutouts import CHANNELS, SIZE, cutout_batch, stack_stamps  # noqa: E402
+from broker_plugin.photometry.cutouts import CHANNELS, SIZE, cutout_batch, stack_stamps  # noqa: E402
 from training.contrastive import (  # noqa: E402
     ONNX_INPUT,
     ONNX_OUTPUT,
@@ -327,7 +327,7 @@ def test_rendering_is_fast_and_stackable() -> None:
 
 
 def test_synthetic_stamps_survive_the_fits_codec() -> None:
-    from broker_plugin.cutouts import cutout_tensor, encode_stamp
+    from broker_plugin.photometry.cutouts import cutout_tensor, encode_stamp
 
     t = render_triplet("artifact:edge", 18.0, np.random.default_rng(9))
     via_bytes, flags = cutout_tensor({k: encode_stamp(v) for k, v in t.items()})

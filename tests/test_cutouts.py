@@ -1,4 +1,4 @@
-"""Stamp decoding and the cutout tensor (broker_plugin.cutouts), on real ZTF/Rubin stamps and on
+"""Stamp decoding and the cutout tensor (broker_plugin.photometry.cutouts), on real ZTF/Rubin stamps and on
 hand-made corrupt ones. The alerts are read with fastavro directly so these tests do not depend on
 the alert decoder."""
 
@@ -14,7 +14,8 @@ import fastavro
 import numpy as np
 import pytest
 
-from broker_plugin.cutouts import (
+from broker_plugin.errors import BalBrokerError
+from broker_plugin.photometry.cutouts import (
     CHANNELS,
     SIZE,
     CutoutError,
@@ -25,7 +26,6 @@ from broker_plugin.cutouts import (
     encode_stamp,
     stack_stamps,
 )
-from broker_plugin.errors import BalBrokerError
 
 KIND_FIELDS = {"science": "cutoutScience", "template": "cutoutTemplate", "difference": "cutoutDifference"}
 

@@ -1,4 +1,4 @@
-"""The fast paths of broker_plugin.cutouts against the reference ones, bit for bit.
+"""The fast paths of broker_plugin.photometry.cutouts against the reference ones, bit for bit.
 
 ``cutout_batch`` normalises most alerts of a batch in bulk, stamp headers are parsed once per
 distinct header, and gzip is inflated with ISA-L when installed. None of that may change a number
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-import broker_plugin.cutouts as C
-from broker_plugin.cutouts import (
+import broker_plugin.photometry.cutouts as C
+from broker_plugin.photometry.cutouts import (
     CHANNELS,
     SIZE,
     CutoutError,

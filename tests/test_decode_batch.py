@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from broker_plugin import lightcurve
 from broker_plugin.alert import Alert
 from broker_plugin.decode import Decoder
 from broker_plugin.decode import decoder as decoder_module
 from broker_plugin.errors import DecodeError
+from broker_plugin.photometry import lightcurve
 from broker_plugin.pipeline import process_batch
 from tests.test_fastread import _assert_same_alert, _messages
 

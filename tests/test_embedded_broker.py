@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_plugin.embedded_broker import (
+from broker_plugin.broker.embedded import (
     BINARY_ENV,
     BrokerNotInstalledError,
     EmbeddedBroker,
@@ -24,7 +24,7 @@ from broker_plugin.embedded_broker import (
     resolve_binary,
 )
 from broker_plugin.errors import ConfigError
-from broker_plugin.kafka_config import consumer_config, producer_config
+from broker_plugin.stream.kafka_config import consumer_config, producer_config
 from tests.kafka_helpers import TopicFactory, read_topic, unique_name
 
 # Registers the kafka_broker / topic_factory fixtures (one broker per session, however many

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.stats import chi2
 
 from broker_plugin.alert import FEATURE_BANDS, LightCurve
-from broker_plugin.features import (
+from broker_plugin.photometry.features import (
     BAND_FEATURES,
     COLOR_FEATURES,
     FEATURE_DESCRIPTIONS,
@@ -25,7 +25,7 @@ from broker_plugin.features import (
     compute_features_batch,
     features_to_dict,
 )
-from broker_plugin.variability import simulate_drw
+from broker_plugin.photometry.variability import simulate_drw
 
 F = len(FEATURE_NAMES)
 IDX = {name: k for k, name in enumerate(FEATURE_NAMES)}
@@ -349,7 +349,7 @@ def _golden_alert() -> dict[str, LightCurve]:
 
 
 # Reference output of FEATURE_VERSION 1.0.  If this test fails, a change altered feature values:
-# bump FEATURE_VERSION (see the rule in broker_plugin/features.py) and update these numbers.
+# bump FEATURE_VERSION (see the rule in broker_plugin/photometry/features.py) and update these numbers.
 GOLDEN_VERSION = "1.0"
 GOLDEN = [
     19.299215948171923, 0.5073134012282541, 0.263391606399432, 0.08401710126743112, 0.694455264062988,

@@ -1,4 +1,4 @@
-"""The runtime model stage (broker_plugin.inference.BundleStage) on the default bundle: the
+"""The runtime model stage (broker_plugin.models.inference.BundleStage) on the default bundle: the
 too-few-points rule, catalogue matching and fusion, the is_candidate rule (with the candidate scorer,
 and the fallback without it), one ONNX run per model per batch, the scorer's start-up checks, the
 late-fusion fallback, and replay wiring."""
@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from broker_plugin.alert import Alert, LightCurve
-from broker_plugin.annotate import Annotator, load_model_stage
-from broker_plugin.bundle import MANIFEST, ModelBundle, default_bundle_path
 from broker_plugin.errors import BundleError, ConfigError
-from broker_plugin.features import compute_features_batch
-from broker_plugin.inference import (
+from broker_plugin.files.replay import replay
+from broker_plugin.models.annotate import Annotator, load_model_stage
+from broker_plugin.models.bundle import MANIFEST, ModelBundle, default_bundle_path
+from broker_plugin.models.inference import (
     ATT_LC_INPUT,
     ATT_SPEC_INPUT,
     FLAG_NO_CANDIDATE_SCORER,
@@ -30,8 +30,8 @@ from broker_plugin.inference import (
     BundleStage,
     enough_points,
 )
-from broker_plugin.replay import replay
-from broker_plugin.scoring import FLAG_BAL_PRIOR, FLAG_NO_BAL_PROB, FLAG_NO_CUTOUTS, combine
+from broker_plugin.models.scoring import FLAG_BAL_PRIOR, FLAG_NO_BAL_PROB, FLAG_NO_CUTOUTS, combine
+from broker_plugin.photometry.features import compute_features_batch
 
 DEFAULT = default_bundle_path()
 pytestmark = pytest.mark.skipif(not (DEFAULT / MANIFEST).is_file(),
@@ -130,7 +130,7 @@ def test_catalogue_match_gives_the_fusion_probability(bundle: ModelBundle, stage
 
 def test_candidate_score_uses_fusion_where_known_and_follows_combine(
         bundle: ModelBundle, stage: BundleStage, real_cutouts: dict[str, bytes | None]) -> None:
-    from broker_plugin.scoring import head_probability
+    from broker_plugin.models.scoring import head_probability
 
     cat = bundle.catalogue
     assert cat is not None and stage.has_candidate_scorer
@@ -252,7 +252,7 @@ def test_a_retrained_encoder_without_its_head_is_refused(tmp_path: Path) -> None
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
-    from broker_plugin.bundle import sha256_file
+    from broker_plugin.models.bundle import sha256_file
 
     def swap_encoder(m: dict[str, Any], root: Path) -> None:
         # a valid encoder graph with other weights (as if retrained), the manifest's checksum updated

@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from broker_plugin.errors import ConfigError
-from broker_plugin.kafka_config import (
+from broker_plugin.stream.kafka_config import (
     REDACTED,
     admin_config,
     consumer_config,

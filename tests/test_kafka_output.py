@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import fastavro
 import pytest
 
-from broker_plugin.annotate import Annotator
 from broker_plugin.decode import decode_alert, decode_container_records
 from broker_plugin.decode.avro import container_blocks, read_container_header
-from broker_plugin.kafka_output import (
+from broker_plugin.models.annotate import Annotator
+from broker_plugin.stream.kafka_output import (
     BAL_FIELD,
     CUTOUT_FIELDS,
     OutputEncoder,
@@ -108,9 +108,9 @@ def test_output_schema_is_derived_once_per_input_schema(alerts: list[tuple[str, 
 
 _DIGEST = """
 import hashlib, sys
-from broker_plugin.annotate import Annotator
+from broker_plugin.models.annotate import Annotator
 from broker_plugin.decode import decode_alert
-from broker_plugin.kafka_output import OutputEncoder
+from broker_plugin.stream.kafka_output import OutputEncoder
 data = open(sys.argv[1], "rb").read()
 alert = decode_alert(data)
 print(hashlib.sha256(OutputEncoder().encode(data, alert, Annotator().annotate_batch([alert])[0])).hexdigest())
@@ -253,7 +253,7 @@ def test_registry_refusal_and_absence_are_registry_errors(alerts: list[tuple[str
     _, data, alert, bal = alerts[0]
     with pytest.raises(RegistryError, match="compatibility"):
         OutputEncoder(registry_url=registry, subject="refuse-value").encode(data, alert, bal)
-    from broker_plugin.embedded_broker import find_free_port
+    from broker_plugin.broker.embedded import find_free_port
 
     dead = f"http://127.0.0.1:{find_free_port()}"
     with pytest.raises(RegistryError, match="unreachable"):

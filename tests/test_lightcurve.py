@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from broker_plugin.decode import decode_alert
-from broker_plugin.lightcurve import (
+from broker_plugin.photometry.lightcurve import (
     DC_MAX_DISTNR,
     NJY_ZEROPOINT,
     mag_to_njy,

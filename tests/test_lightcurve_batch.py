@@ -1,7 +1,8 @@
 """The batch light-curve functions give, record for record, bit for bit what the one-alert functions give.
 
 Why: the service decodes a batch of alerts and builds all their light curves in one vectorised call
-(:func:`~broker_plugin.lightcurve.ztf_lightcurves_batch`, :func:`~broker_plugin.lightcurve.rubin_lightcurves_batch`),
+(:func:`~broker_plugin.photometry.lightcurve.ztf_lightcurves_batch`,
+:func:`~broker_plugin.photometry.lightcurve.rubin_lightcurves_batch`),
 while training, replay of single alerts and the other tests build them one alert at a time. A
 feature must be the same number on both paths, so every array must be equal to the last bit (NaNs
 in the same places, same dtype), with the same bands in the same order, the same kinds, the same
@@ -22,7 +23,7 @@ import pytest
 
 from broker_plugin.alert import LightCurve, UpperLimits
 from broker_plugin.decode import decode_alert, decode_container_records, detect_survey
-from broker_plugin.lightcurve import (
+from broker_plugin.photometry.lightcurve import (
     LightCurveResult,
     rubin_lightcurves,
     rubin_lightcurves_batch,

@@ -7,9 +7,9 @@ import json
 import logging
 import urllib.request
 
-from broker_plugin.embedded_broker import find_free_port
-from broker_plugin.logs import JsonFormatter, RateLimitFilter, TextFormatter, register_secret, setup_logging
-from broker_plugin.metrics import Metrics, consumer_lag
+from broker_plugin.broker.embedded import find_free_port
+from broker_plugin.stream.logs import JsonFormatter, RateLimitFilter, TextFormatter, register_secret, setup_logging
+from broker_plugin.stream.metrics import Metrics, consumer_lag
 
 # A trimmed librdkafka statistics document (STATISTICS.md layout): two topics, the internal
 # partition -1, an unconsumed partition reporting -1.
@@ -57,7 +57,7 @@ def test_two_metric_sets_in_one_process_do_not_collide() -> None:
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
-    rec = logging.LogRecord("broker_plugin.service", logging.INFO, __file__, 1, msg, args, None)
+    rec = logging.LogRecord("broker_plugin.stream.service", logging.INFO, __file__, 1, msg, args, None)
     for k, v in extra.items():
         setattr(rec, k, v)
     return rec
@@ -66,7 +66,7 @@ def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
 def test_json_lines_carry_the_structured_fields() -> None:
     line = JsonFormatter().format(_record("%d alerts", 5, event="progress", alerts_per_s=12.5))
     entry = json.loads(line)
-    assert entry["msg"] == "5 alerts" and entry["level"] == "INFO" and entry["logger"] == "broker_plugin.service"
+    assert entry["msg"] == "5 alerts" and entry["level"] == "INFO" and entry["logger"] == "broker_plugin.stream.service"
     assert entry["event"] == "progress" and entry["alerts_per_s"] == 12.5
     assert entry["ts"].endswith("+00:00")
     assert "\n" not in line

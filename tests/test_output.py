@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from broker_plugin.errors import ConfigError
-from broker_plugin.output import (
+from broker_plugin.files.output import (
     RECORD_FIELDS,
     annotation_schema,
     check_output_path,
@@ -115,7 +115,7 @@ def test_empty_output_still_has_a_schema(tmp_path: Path) -> None:
 
 
 def test_parquet_writes_bounded_row_groups(tmp_path: Path) -> None:
-    from broker_plugin.output import ParquetWriter
+    from broker_plugin.files.output import ParquetWriter
 
     with ParquetWriter(tmp_path / "g.parquet", NAMES, row_group_size=10) as w:
         for start in range(0, 25, 4):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from broker_plugin.embedded_broker import EmbeddedBroker, find_free_port
+from broker_plugin.broker.embedded import EmbeddedBroker, find_free_port
+from broker_plugin.broker.publish import PublishError, PublishStats, TokenBucket, object_id_key, publish
 from broker_plugin.errors import ConfigError
-from broker_plugin.publish import PublishError, PublishStats, TokenBucket, object_id_key, publish
 from tests.kafka_helpers import TopicFactory, read_topic
 
 pytest_plugins = ["tests.kafka_fixtures"]
@@ -220,7 +220,7 @@ def test_publish_command_line(tmp_path: Path, kafka_broker: EmbeddedBroker, topi
     """``bal-broker publish INPUT... --topic T --bootstrap HOST:PORT``: summary on stdout, exit 0."""
     from broker_plugin import cli
 
-    monkeypatch.setitem(cli.SUBCOMMANDS, "publish", "broker_plugin.publish:add_parser")
+    monkeypatch.setitem(cli.SUBCOMMANDS, "publish", "broker_plugin.broker.publish:add_parser")
     topic = topic_factory("cli")
     folder = tmp_path / "alerts"
     _fake_alerts(folder, 3)

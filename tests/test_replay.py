@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from broker_plugin import decode as decode_mod
-from broker_plugin import features as features_mod
-from broker_plugin.annotate import load_model_stage
 from broker_plugin.errors import BundleError, ConfigError
-from broker_plugin.output import RECORD_FIELDS, rejects_path
-from broker_plugin.replay import ReplayResult, replay
+from broker_plugin.files.output import RECORD_FIELDS, rejects_path
+from broker_plugin.files.replay import ReplayResult, replay
+from broker_plugin.models.annotate import load_model_stage
+from broker_plugin.photometry import features as features_mod
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_internal_errors_are_rejected_and_the_rest_is_written(
         return real_batch(lcs)
 
     monkeypatch.setattr(decoder, "decode_batch", decode_batch)
-    monkeypatch.setattr("broker_plugin.annotate.compute_features_batch", batch)
+    monkeypatch.setattr("broker_plugin.models.annotate.compute_features_batch", batch)
     out = tmp_path / "o.jsonl"
     result = replay(files, out, progress=False)
     assert len(_lines(out)) == 3 and result.annotated == 3

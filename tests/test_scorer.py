@@ -1,4 +1,4 @@
-"""Candidate scorer: the combination rule and head inputs (broker_plugin/scoring.py), and a tiny
+"""Candidate scorer: the combination rule and head inputs (broker_plugin/models/scoring.py), and a tiny
 training run of the encoder + ranking head (training/scorer.py) whose ONNX files must score every
 real ZTF and Rubin alert. One tiny training run (~10-20 s) is shared by the whole module."""
 
@@ -15,11 +15,9 @@ pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from broker_plugin.alert import Alert  # noqa: E402
-from broker_plugin.bundle import _session, _spec, _verify, sha256_file  # noqa: E402
-from broker_plugin.cutouts import CHANNELS, SIZE, cutout_batch  # noqa: E402
 from broker_plugin.decode import META_FIELDS, decode_alert  # noqa: E402
-from broker_plugin.features import FEATURE_NAMES, FEATURE_VERSION, compute_features_batch  # noqa: E402
-from broker_plugin.scoring import (  # noqa: E402
+from broker_plugin.models.bundle import _session, _spec, _verify, sha256_file  # noqa: E402
+from broker_plugin.models.scoring import (  # noqa: E402
     FLAG_NO_BAL_PROB,
     FLAG_NO_CUTOUTS,
     FLAG_NO_HEAD,
@@ -34,6 +32,8 @@ from broker_plugin.scoring import (  # noqa: E402
     meta_matrix,
     run_head,
 )
+from broker_plugin.photometry.cutouts import CHANNELS, SIZE, cutout_batch  # noqa: E402
+from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION, compute_features_batch  # noqa: E402
 from training.contrastive import onnx_parity  # noqa: E402
 from training.scorer import (  # noqa: E402
     ENCODER_FILE,

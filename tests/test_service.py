@@ -19,9 +19,9 @@ import fastavro
 import pytest
 
 from broker_plugin import __version__
-from broker_plugin.annotate import Annotator
-from broker_plugin.embedded_broker import EmbeddedBroker, find_free_port
-from broker_plugin.service import Service
+from broker_plugin.broker.embedded import EmbeddedBroker, find_free_port
+from broker_plugin.models.annotate import Annotator
+from broker_plugin.stream.service import Service
 from tests.kafka_helpers import unique_name
 from tests.service_helpers import (
     CORRUPT_MESSAGES,
@@ -119,9 +119,9 @@ def _bal(msg: Any) -> dict[str, Any]:
 def test_outputs_are_input_plus_bal_equal_to_replay(e2e: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Plain fastavro reads every output; the alert fields equal the input's, ``bal`` equals the
     JSONL record replay writes for the same alert (same model stage)."""
-    from broker_plugin import annotate
     from broker_plugin.decode import decode_container_records
-    from broker_plugin.replay import replay
+    from broker_plugin.files.replay import replay
+    from broker_plugin.models import annotate
 
     tmp: Path = e2e["tmp"]
     files = []
@@ -254,7 +254,7 @@ def test_output_too_large_goes_to_dlq(kafka_broker: EmbeddedBroker, corpus: list
     schema) but the original fits: the input is dead-lettered with reason produce_failed and
     its offset committed; nothing is lost."""
     from broker_plugin.decode import decode_alert
-    from broker_plugin.kafka_output import OutputEncoder
+    from broker_plugin.stream.kafka_output import OutputEncoder
 
     bootstrap = kafka_broker.bootstrap
     topic = unique_name("big")
@@ -293,7 +293,7 @@ def test_dlq_failure_stops_without_committing(kafka_broker: EmbeddedBroker, corp
     data = _wire_alert(corpus)
     produce(bootstrap, topic, [(b"big", data)])
     cfg = make_config(bootstrap, topic, kafka={"producer_extra": {"message.max.bytes": 20000}})
-    with caplog.at_level(logging.ERROR, logger="broker_plugin.service"):
+    with caplog.at_level(logging.ERROR, logger="broker_plugin.stream.service"):
         st = ServiceThread(Service(cfg))
         with st:
             assert st.join(30) == 1
@@ -307,7 +307,7 @@ def test_error_budget_stops_with_status_2(kafka_broker: EmbeddedBroker, caplog: 
     kafka_broker.create_topics([topic], partitions=1)
     produce(bootstrap, topic, [(f"k{i}".encode(), b"rotten %d" % i) for i in range(10)])
     cfg = make_config(bootstrap, topic, processing={"error_max": 3, "error_window_s": 60, "batch_size": 2})
-    with caplog.at_level(logging.ERROR, logger="broker_plugin.service"):
+    with caplog.at_level(logging.ERROR, logger="broker_plugin.stream.service"):
         st = ServiceThread(Service(cfg))
         with st:
             assert st.join(30) == 2

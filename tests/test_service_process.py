@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from broker_plugin.embedded_broker import EmbeddedBroker
-from broker_plugin.kafka_output import OutputEncoder
+from broker_plugin.broker.embedded import EmbeddedBroker
+from broker_plugin.stream.kafka_output import OutputEncoder
 from tests.kafka_helpers import unique_name
 from tests.service_helpers import (
     alert_corpus,
@@ -146,8 +146,8 @@ def test_two_workers_share_partitions_and_drain_on_sigterm(kafka_broker: Embedde
     """``--workers 2``: both processes join one group on a 4-partition topic and split it; together
     they produce exactly the outputs one worker would (output bytes are deterministic, so the
     expected set is computed locally); SIGTERM to the parent exits 0 within 10 s, all committed."""
-    from broker_plugin.annotate import Annotator, load_model_stage
     from broker_plugin.decode import decode_alert
+    from broker_plugin.models.annotate import Annotator, load_model_stage
 
     bootstrap = kafka_broker.bootstrap
     topic = unique_name("w2")

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from broker_plugin.embedded_broker import EmbeddedBroker, find_free_port
-from broker_plugin.service import Service
+from broker_plugin.broker.embedded import EmbeddedBroker, find_free_port
+from broker_plugin.stream.service import Service
 from tests.kafka_helpers import unique_name
 from tests.service_helpers import ServiceThread, alert_corpus, drain_topic, headers_of, make_config, produce
 

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from broker_plugin.config import load_config
-from broker_plugin.service import ErrorBudget, OffsetTracker, TimeRange, dlq_headers, worker_from_env
-from broker_plugin.workers import child_env, exit_status
+from broker_plugin.stream.service import ErrorBudget, OffsetTracker, TimeRange, dlq_headers, worker_from_env
+from broker_plugin.stream.workers import child_env, exit_status
 
 
 def test_offsets_advance_only_over_fully_acknowledged_runs() -> None:

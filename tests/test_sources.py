@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker_plugin.errors import ConfigError
-from broker_plugin.sources import InputItem, iter_inputs, tarball_mode
+from broker_plugin.files.sources import InputItem, iter_inputs, tarball_mode
 
 
 def _write(path: Path, data: bytes) -> Path:

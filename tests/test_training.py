@@ -18,10 +18,10 @@ pytest.importorskip("imblearn")
 pytest.importorskip("skl2onnx")
 pytest.importorskip("torch")
 
-from broker_plugin.bundle import ModelBundle
 from broker_plugin.cli import main
-from broker_plugin.features import FEATURE_NAMES, FEATURE_VERSION, compute_features_batch
-from broker_plugin.inference import BundleStage
+from broker_plugin.models.bundle import ModelBundle
+from broker_plugin.models.inference import BundleStage
+from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION, compute_features_batch
 from training import export
 from training.fusion import (
     AttentionConfig,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from broker_plugin.variability import (
+from broker_plugin.photometry.variability import (
     MAX_POINTS_ALL_PAIRS,
     STATUS_NO_VARIABILITY,
     STATUS_TAU_AT_BOUND,
@@ -176,7 +176,7 @@ def test_structure_function_rises_for_a_drw() -> None:
 
 def test_pair_subset_estimates_the_all_pairs_features(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above MAX_POINTS_ALL_PAIRS the weighted pair subset keeps the features' meaning (no jump)."""
-    import broker_plugin.variability as v
+    import broker_plugin.photometry.variability as v
 
     rng = np.random.default_rng(12)
     curves = [_drw_curve(rng, 100.0, 0.25, n=400, span=1500.0) for _ in range(6)]

@@ -1,8 +1,8 @@
 """Writing a model bundle: ONNX files, ``catalogue.npz``, ``manifest.yaml`` and ``README.md``.
 
-The layout is the contract in :mod:`broker_plugin.bundle` (its docstring); this module is its only
+The layout is the contract in :mod:`broker_plugin.models.bundle` (its docstring); this module is its only
 writer, and :func:`training.train.train` re-loads every bundle it writes with
-:meth:`~broker_plugin.bundle.ModelBundle.load` (checksums, feature names, feature version, ONNX
+:meth:`~broker_plugin.models.bundle.ModelBundle.load` (checksums, feature names, feature version, ONNX
 inputs) before reporting success, so a bundle that the plugin would refuse is never left behind
 as if it were good.
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from broker_plugin.bundle import MANIFEST, sha256_file
 from broker_plugin.errors import ConfigError
+from broker_plugin.models.bundle import MANIFEST, sha256_file
 
 from .export import io_spec, save
 from .report import rounded
@@ -196,7 +196,7 @@ def write_bundle(
             "embedding_dim": int(np.asarray(catalogue.embedding).shape[1]),
             "match_radius_arcsec": float(catalogue.match_radius_arcsec), "description": catalogue.description,
         }
-    text = "# bal-broker model bundle: see broker_plugin/bundle.py for the layout and README.md here.\n"
+    text = "# bal-broker model bundle: see broker_plugin/models/bundle.py for the layout and README.md here.\n"
     text += yaml.safe_dump(manifest, sort_keys=False, default_flow_style=None, width=120, allow_unicode=True)
     (directory / MANIFEST).write_text(text, encoding="utf-8")
     if readme is not None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from broker_plugin.alert import LightCurve
-from broker_plugin.lightcurve import DUPLICATE_TOL_DAYS, MAG_PER_RELFLUX, NJY_ZEROPOINT
+from broker_plugin.photometry.lightcurve import DUPLICATE_TOL_DAYS, MAG_PER_RELFLUX, NJY_ZEROPOINT
 
 from .spectra import Spectrum
 

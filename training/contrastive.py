@@ -7,9 +7,9 @@ to the space where the NT-Xent loss compares views by cosine similarity, with te
 No labels are needed; the labels of the synthetic stamps are used only to *evaluate* the
 embedding (kNN accuracy, :func:`train_and_evaluate`).
 
-Inputs are the runtime tensors of :mod:`broker_plugin.cutouts` (``(4, 32, 32)``: science,
+Inputs are the runtime tensors of :mod:`broker_plugin.photometry.cutouts` (``(4, 32, 32)``: science,
 template, difference, invalid-pixel fraction, globally asinh-normalised), built with the very same
-:func:`~broker_plugin.cutouts.stack_stamps`, so the exported encoder sees at run time what it saw in
+:func:`~broker_plugin.photometry.cutouts.stack_stamps`, so the exported encoder sees at run time what it saw in
 training. The runtime runs the exported ONNX file with onnxruntime; torch stays in ``training/``.
 """
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from broker_plugin.cutouts import CHANNELS, SIZE, Norm, stack_stamps
+from broker_plugin.photometry.cutouts import CHANNELS, SIZE, Norm, stack_stamps
 from training.export import save, torch_to_onnx
 
 #: Names of the exported ONNX graph's input and output (the model bundle's manifest lists them).
@@ -60,7 +60,7 @@ class AugmentConfig:
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """One random view of each tensor in a batch ``(B, C, S, S)``; every sample draws its own.
 
-    Blanked pixels follow the runtime convention of :mod:`broker_plugin.cutouts`: 0 in the image
+    Blanked pixels follow the runtime convention of :mod:`broker_plugin.photometry.cutouts`: 0 in the image
     channels and 1 in the invalid-pixel channel, which is why the masking here teaches the encoder
     to ignore NaN regions rather than to read them as sky.
     """

@@ -5,7 +5,7 @@ fusion models) is exported, re-loaded with onnxruntime and compared with the Pyt
 from before it is written. The bundle records the measured parity, so a reader of the manifest knows
 the ONNX file *is* the model that the metrics describe, to a stated tolerance (1e-5 in probability).
 
-The onnxruntime settings mirror the runtime's (:func:`broker_plugin.bundle._session`): CPU provider,
+The onnxruntime settings mirror the runtime's (:func:`broker_plugin.models.bundle._session`): CPU provider,
 one intra-op thread, so a parity figure measured here holds in the plugin.
 """
 

@@ -50,8 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from broker_plugin.features import FEATURE_NAMES
-from broker_plugin.inference import (
+from broker_plugin.models.inference import (
     ATT_LC_INPUT,
     ATT_OUTPUT,
     ATT_SPEC_INPUT,
@@ -60,6 +59,7 @@ from broker_plugin.inference import (
     LATE_OUTPUT,
     LATE_SPEC_INPUT,
 )
+from broker_plugin.photometry.features import FEATURE_NAMES
 
 ONNX_OPSET = 18
 ONNX_IR_VERSION = 9

@@ -8,8 +8,8 @@ instead of a single downsampled subset. ALeRCE's light-curve classifier makes th
 (Sanchez-Saez+2021). The optional :func:`balanced_downsample` reproduces the reference study's second
 step, downsampling non-BALs in a space where both classes then have the same distribution.
 
-The feature vector is exactly :data:`broker_plugin.features.FEATURE_NAMES`, computed by the plugin's
-own :func:`~broker_plugin.features.compute_features_batch` (training imports it, never copies it), with
+The feature vector is exactly :data:`broker_plugin.photometry.features.FEATURE_NAMES`, computed by the plugin's
+own :func:`~broker_plugin.photometry.features.compute_features_batch` (training imports it, never copies it), with
 NaN for missing values. Missing values are handled *inside* the model: :class:`MedianImputer`
 replaces NaN by the training median and (by default) appends a 0/1 "was missing" column for each
 feature that had missing values in training, so a failed DRW fit can itself be informative. It is an
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from broker_plugin.features import FEATURE_NAMES, FEATURE_VERSION
-from broker_plugin.inference import LC_INPUT, LC_LABEL, LC_PROBA
+from broker_plugin.models.inference import LC_INPUT, LC_LABEL, LC_PROBA
+from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION
 
 #: ONNX opsets of the exported forest (TreeEnsembleClassifier from ai.onnx.ml 3).
 TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}

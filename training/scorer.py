@@ -3,7 +3,7 @@
 :func:`train_candidate_scorer` is what ``bal-broker train`` calls; it returns the two models' model
 bundle entries (:class:`ScorerArtifacts`). The combination rule that turns the head's probability
 and the BAL probabilities into the published ``candidate_score`` lives in
-:mod:`broker_plugin.scoring` (runtime, numpy only), documented there.
+:mod:`broker_plugin.models.scoring` (runtime, numpy only), documented there.
 
 Pipeline, and why
 -----------------
@@ -11,8 +11,8 @@ Pipeline, and why
 1. **Synthetic alerts through the plugin.** ``n_alerts`` ZTF and Rubin packets (with stamps) of a
    mixed population (:data:`HEAD_CLASS_MIX`) are written by :mod:`training.synthetic.packets` and
    decoded with :func:`broker_plugin.decode.decode_alert`; light-curve features come from
-   :func:`~broker_plugin.features.compute_features_batch`, tensors from
-   :func:`~broker_plugin.cutouts.cutout_batch`, metadata from ``Alert.meta``: every number the head
+   :func:`~broker_plugin.photometry.features.compute_features_batch`, tensors from
+   :func:`~broker_plugin.photometry.cutouts.cutout_batch`, metadata from ``Alert.meta``: every number the head
    sees at training is produced by the runtime code from packet bytes. Half of the ZTF alerts lose
    their forced photometry before normalisation (what every pre-4.x ZTF alert looks like; see
    :func:`synthetic_alert_set`). A stratified split (by class) holds out ``test_fraction``.
@@ -22,7 +22,7 @@ Pipeline, and why
    alert stamps from ``real_stamp_dirs`` if given. The held-out alerts' stamps are excluded, so the
    head is evaluated on images the encoder never saw. Exported to ``cutout_encoder.onnx``.
 3. **Ranking head** (:class:`RankingHead`): a small MLP on the embedding, the light-curve feature
-   vector and the metadata, assembled by :func:`broker_plugin.scoring.assemble_head_inputs` from
+   vector and the metadata, assembled by :func:`broker_plugin.models.scoring.assemble_head_inputs` from
    embeddings computed *by the exported ONNX encoder* (the runtime numbers). Standardisation
    (median / IQR, then ``asinh`` to tame heavy tails), NaN imputation (the training median) and
    missing-value indicators are layers of the graph, so the runtime passes NaN straight in.
@@ -31,7 +31,7 @@ Pipeline, and why
    Exported to ``ranking_head.onnx`` with three named inputs (``embedding``, ``lc_features``,
    ``meta``: named blocks make a wrong wiring fail loudly instead of silently shifting columns) and
    one output ``probability`` ``[N, 1]``. Positive class: ``qso_bal`` + ``qso_nonbal``; blazars are
-   negatives (see :mod:`broker_plugin.scoring`).
+   negatives (see :mod:`broker_plugin.models.scoring`).
 4. **Evaluation.** Head precision / recall / F1 (at 0.5) and ROC AUC on the held-out alerts, from
    the exported ONNX files (the artefacts that ship); ablations without the embedding and with the
    embedding only (does the image modality help?); kNN (k=5) accuracy of point / nuclear /
@@ -64,10 +64,8 @@ import torch
 from torch import nn
 
 from broker_plugin.alert import Alert
-from broker_plugin.bundle import sha256_file
-from broker_plugin.cutouts import CHANNEL_NAMES, CHANNELS, SIZE, cutout_batch, stack_stamps
-from broker_plugin.features import FEATURE_NAMES, FEATURE_VERSION, compute_features_batch
-from broker_plugin.scoring import (
+from broker_plugin.models.bundle import sha256_file
+from broker_plugin.models.scoring import (
     ENCODER_INPUT,
     ENCODER_OUTPUT,
     HEAD_INPUTS,
@@ -78,6 +76,8 @@ from broker_plugin.scoring import (
     embed_cutouts,
     run_head,
 )
+from broker_plugin.photometry.cutouts import CHANNEL_NAMES, CHANNELS, SIZE, cutout_batch, stack_stamps
+from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION, compute_features_batch
 from training.contrastive import (
     ContrastiveConfig,
     Encoder,
@@ -95,7 +95,7 @@ from training.export import save, torch_to_onnx
 HEAD_CLASS_MIX: dict[str, float] = {"qso": 0.4, "star": 0.2, "sn": 0.15, "blazar": 0.1, "bogus": 0.15}
 #: ZTF / Rubin share of the synthetic alerts (as :func:`training.synthetic.packets.iter_night`).
 HEAD_SURVEY_MIX: dict[str, float] = {"ztf": 0.7, "lsst": 0.3}
-#: Classes the head calls positive (see broker_plugin.scoring for why blazars are not).
+#: Classes the head calls positive (see broker_plugin.models.scoring for why blazars are not).
 POSITIVE_CLASSES: tuple[str, ...] = ("qso_bal", "qso_nonbal")
 #: File names inside ``out_dir`` (the bundle directory, typically).
 ENCODER_FILE = "cutout_encoder.onnx"
@@ -527,13 +527,13 @@ def simbad_check(encoder_path: str | Path, head_path: str | Path, parquet_files:
     Not a benchmark (the shipped sample is ~120 alerts, ~10 of them AGN-like), but the only check
     that the synthetic-trained head ranks real quasars above real stars at all. Rows are turned into
     alerts by :func:`broker_plugin.decode.alert_from_record` and scored through
-    :func:`broker_plugin.scoring.head_probability`, the runtime path.
+    :func:`broker_plugin.models.scoring.head_probability`, the runtime path.
     """
     import pyarrow.parquet as pq
 
     from broker_plugin.decode import alert_from_record
     from broker_plugin.errors import BalBrokerError
-    from broker_plugin.scoring import head_probability
+    from broker_plugin.models.scoring import head_probability
 
     alerts, labels = [], []
     for f in parquet_files:
@@ -608,7 +608,7 @@ class ScorerArtifacts:
     """What :func:`train_candidate_scorer` produced.
 
     ``manifest_entries`` maps bundle role (``"cutout_encoder"``, ``"ranking_head"``) to the entry
-    :mod:`broker_plugin.bundle` reads; ``file`` is relative to ``out_dir``, so write the manifest in
+    :mod:`broker_plugin.models.bundle` reads; ``file`` is relative to ``out_dir``, so write the manifest in
     ``out_dir`` (or copy the two files beside it). ``encoder`` / ``head`` are the fitted torch
     modules (for parity checks); everything else is plain data.
     """
@@ -817,7 +817,7 @@ def train_candidate_scorer(
         "outputs": [{"name": ENCODER_OUTPUT, "shape": ["batch", cfg.embed_dim], "dtype": "float32"}],
         "description": "SimCLR-style contrastive encoder of the alert cutouts (science, template, difference, "
                        "invalid-pixel fraction); the ranking head reads its embedding",
-        "preprocessing": {"function": "broker_plugin.cutouts.cutout_batch", "size": SIZE,
+        "preprocessing": {"function": "broker_plugin.photometry.cutouts.cutout_batch", "size": SIZE,
                           "channels": list(CHANNEL_NAMES), "norm": "global"},
         "config": asdict(cfg),
         "training_data": {
@@ -839,15 +839,15 @@ def train_candidate_scorer(
         ],
         "outputs": [{"name": HEAD_OUTPUT, "shape": ["batch", 1], "dtype": "float32"}],
         "description": "P(alert is a quasar worth following up) from cutout embedding, light-curve features and "
-                       "alert metadata; combined with the BAL probability by broker_plugin.scoring.combine",
+                       "alert metadata; combined with the BAL probability by broker_plugin.models.scoring.combine",
         "feature_names": list(FEATURE_NAMES),
         "feature_version": FEATURE_VERSION,
         "meta_names": list(HEAD_META_NAMES),
         "meta_ignored": list(hcfg.ignore_meta),
         "embedding_dim": int(in_train["embedding"].shape[1]),
         "encoder_sha256": enc_entry["sha256"],
-        "input_assembly": "broker_plugin.scoring.assemble_head_inputs",
-        "combination_rule": "broker_plugin.scoring.combine",
+        "input_assembly": "broker_plugin.models.scoring.assemble_head_inputs",
+        "combination_rule": "broker_plugin.models.scoring.combine",
         "positive_classes": list(POSITIVE_CLASSES),
         "config": asdict(hcfg),
         "training_data": alerts_td,

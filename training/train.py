@@ -18,11 +18,11 @@ Steps (each logged; a progress bar instead when stderr is a terminal):
    (:func:`~training.catalogues.match_lightcurves`). Objects may lack either modality: each model
    uses the objects it can, and an object with neither is dropped (counted in the report); with
    ``--lc-history alert|mixed`` part of the IRSA light curves are cut to alert-length windows.
-2. **Features** with the plugin's own :func:`broker_plugin.features.compute_features_batch`;
+2. **Features** with the plugin's own :func:`broker_plugin.photometry.features.compute_features_batch`;
    spectra preprocessed once with :func:`training.spectra.preprocess_batch` (failures counted by reason).
 3. **Split**: a stratified 25% test split, held out from everything below.
 4. **Light-curve forest** (:mod:`training.lc_classifier`) on objects with >= ``min_points`` points
-   in g or r (the runtime's rule, :func:`broker_plugin.inference.enough_points`), 5-fold stratified
+   in g or r (the runtime's rule, :func:`broker_plugin.models.inference.enough_points`), 5-fold stratified
    CV for out-of-fold probabilities and CV metrics, then a fit on the whole training split.
 5. **Spectral model** (:mod:`training.spectra`: kernel PCA + logistic regression), the same CV.
 6. **Late fusion** fitted on the two models' out-of-fold probabilities (:mod:`training.fusion`).
@@ -60,8 +60,8 @@ import numpy as np
 
 from broker_plugin.cli import positive_int
 from broker_plugin.errors import ConfigError
-from broker_plugin.features import FEATURE_NAMES, FEATURE_VERSION
-from broker_plugin.inference import DEFAULT_CANDIDATE_THRESHOLD, DEFAULT_MIN_POINTS, enough_points
+from broker_plugin.models.inference import DEFAULT_CANDIDATE_THRESHOLD, DEFAULT_MIN_POINTS, enough_points
+from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION
 
 #: Seed and size of the default bundle (``make bundle``).
 DEFAULT_BUNDLE_SEED = 20261122
@@ -463,9 +463,9 @@ def train(data: Dataset, out: str | Path, config: TrainConfig | None = None, *,
     (from the entries) and ``report/scorer_embedding.png`` (if written) go into the report.
     """
     import broker_plugin
-    from broker_plugin.bundle import ModelBundle
-    from broker_plugin.features import compute_features_batch
-    from broker_plugin.inference import BundleStage
+    from broker_plugin.models.bundle import ModelBundle
+    from broker_plugin.models.inference import BundleStage
+    from broker_plugin.photometry.features import compute_features_batch
     from training import export
     from training.bundle_writer import (
         CatalogueArtifact,
@@ -782,7 +782,7 @@ def train(data: Dataset, out: str | Path, config: TrainConfig | None = None, *,
             if len(scorer) == 2:
                 decision_rule = ("candidate_score = ranking_head probability x (bal_fusion_prob if known else "
                                  "bal_lc_prob); is_candidate = candidate_score >= candidate_threshold "
-                                 "(broker_plugin.scoring.combine)")
+                                 "(broker_plugin.models.scoring.combine)")
                 description += " Candidate scorer: contrastive cutout encoder + ranking head."
             else:
                 decision_rule = "is_candidate = (bal_fusion_prob if known else bal_lc_prob) >= candidate_threshold"
@@ -860,7 +860,7 @@ def _lc_by_history(data: Dataset, lc_model: Any, is_test: np.ndarray, lc_ok: np.
     per light-curve kind: the test split's objects of each kind trained on, and the evaluation-only
     sets (:class:`EvalSet`) of the kinds left out. ``n_scored``: objects with >= ``min_points``
     points in g or r, i.e. with a ``bal_lc_prob`` at run time (the metrics are on those)."""
-    from broker_plugin.features import compute_features_batch
+    from broker_plugin.photometry.features import compute_features_batch
     from training.lc_history import KIND_TITLES, KINDS
     from training.report import class_metrics
 
@@ -954,12 +954,12 @@ def _readme(name: str, version: str, kind: str, config: TrainConfig, data: Datas
             + "Made by `bal-broker train`; verified by the plugin at start-up (checksums, feature names and "
               f"feature version {FEATURE_VERSION}).\n\n")
     body = [
-        "Files: `manifest.yaml` (the contract: see `broker_plugin/bundle.py`), `bal_lc.onnx` (light-curve "
+        "Files: `manifest.yaml` (the contract: see `broker_plugin/models/bundle.py`), `bal_lc.onnx` (light-curve "
         "forest), `spectral.onnx` (spectrum -> embedding, P(BAL); offline use), `fusion_late.onnx`, "
         "`fusion_attention.onnx` (used at run time when an alert matches the catalogue), `catalogue.npz` "
         "(objects with known spectra), "
         + ("`cutout_encoder.onnx` + `ranking_head.onnx` (the candidate scorer: contrastive cutout embedding and "
-           "ranking head, combined with the BAL probability by `broker_plugin.scoring.combine`), "
+           "ranking head, combined with the BAL probability by `broker_plugin.models.scoring.combine`), "
            if scorer else "")
         + "`report/report.md` (evaluation: tables, figures, limitations).",
         "",

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..alert import Alert
+from broker_plugin.alert import Alert
+
 from .decoder import DEFAULT_MAX_MESSAGE_BYTES, META_FIELDS, Decoder, alert_from_record, detect_survey
 from .rubin import LSST_META_FIELDS
 from .ztf import ZTF_META_FIELDS

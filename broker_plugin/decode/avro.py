@@ -24,7 +24,7 @@ from typing import Any
 import cramjam
 from fastavro import schemaless_reader
 
-from ..errors import DecodeError
+from broker_plugin.errors import DecodeError
 
 CONTAINER_MAGIC = b"Obj\x01"
 WIRE_MAGIC = 0

@@ -14,9 +14,15 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..alert import Alert
-from ..errors import DecodeError
-from ..lightcurve import rubin_lightcurves, rubin_lightcurves_batch, ztf_lightcurves, ztf_lightcurves_batch
+from broker_plugin.alert import Alert
+from broker_plugin.errors import DecodeError
+from broker_plugin.photometry.lightcurve import (
+    rubin_lightcurves,
+    rubin_lightcurves_batch,
+    ztf_lightcurves,
+    ztf_lightcurves_batch,
+)
+
 from .avro import (
     CONTAINER_MAGIC,
     WIRE_MAGIC,
@@ -179,7 +185,7 @@ class Decoder:
 
         The same Alerts as calling :meth:`decode` on each message (``tests/test_decode_batch.py``
         pins it), built faster: the light curves of all alerts of a survey are built in one vectorised
-        call (:func:`broker_plugin.lightcurve.ztf_lightcurves_batch`), because per alert they are tens
+        call (:func:`broker_plugin.photometry.lightcurve.ztf_lightcurves_batch`), because per alert they are tens
         of points and numpy's per-call overhead, not arithmetic, was their cost. If that call raises
         (a record no alert-at-a-time call would survive either), each alert of the batch is redone
         alone, so the exception belongs to that alert only.

@@ -11,9 +11,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..alert import LSST_BANDS, Alert
-from ..errors import DecodeError
-from ..lightcurve import RUBIN_SOURCE_FIELDS, rubin_lightcurves
+from broker_plugin.alert import LSST_BANDS, Alert
+from broker_plugin.errors import DecodeError
+from broker_plugin.photometry.lightcurve import RUBIN_SOURCE_FIELDS, rubin_lightcurves
 
 #: Scalar context the ranking head reads from a Rubin alert (NaN when absent in a schema version).
 LSST_META_FIELDS: tuple[str, ...] = (

@@ -30,7 +30,8 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import SchemaParseException, UnknownType, load_schema
 
-from ..errors import DecodeError
+from broker_plugin.errors import DecodeError
+
 from .avro import parse_metadata
 from .fastread import CompiledReader
 

@@ -6,9 +6,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..alert import ZTF_FID_BANDS, Alert
-from ..errors import DecodeError
-from ..lightcurve import ZTF_DETECTION_FIELDS, ZTF_FORCED_FIELDS, ztf_lightcurves
+from broker_plugin.alert import ZTF_FID_BANDS, Alert
+from broker_plugin.errors import DecodeError
+from broker_plugin.photometry.lightcurve import ZTF_DETECTION_FIELDS, ZTF_FORCED_FIELDS, ztf_lightcurves
 
 _JD_TO_MJD = 2400000.5
 

@@ -43,7 +43,7 @@ from broker_plugin.alert import LightCurve
 
 from .population import EFF_WAVELENGTH, SimObject
 
-#: AB magnitude of 1 nJy (mag = 31.4 - 2.5 log10 f_nJy), as in broker_plugin.lightcurve.
+#: AB magnitude of 1 nJy (mag = 31.4 - 2.5 log10 f_nJy), as in broker_plugin.photometry.lightcurve.
 NJY_ZEROPOINT: float = 31.4
 #: 2.5 / ln 10: relative flux error -> magnitude error.
 MAG_PER_RELFLUX: float = 2.5 / math.log(10.0)

@@ -285,7 +285,7 @@ def _ztf_templates(version: str) -> dict[str, dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Stamps (lazy: training.synthetic.stamps and broker_plugin.cutouts, with small fallbacks)
+# Stamps (lazy: training.synthetic.stamps and broker_plugin.photometry.cutouts, with small fallbacks)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -308,7 +308,7 @@ def fallback_render_triplet(kind: str, mag: float, rng: np.random.Generator, siz
 
 
 def fallback_encode_stamp(arr: np.ndarray, *, compress: bool = True) -> bytes:
-    """Minimal stand-in for ``broker_plugin.cutouts.encode_stamp`` (astropy FITS, optionally gzipped)."""
+    """Minimal stand-in for ``broker_plugin.photometry.cutouts.encode_stamp`` (astropy FITS, optionally gzipped)."""
     from astropy.io import fits
 
     buf = io.BytesIO()
@@ -326,7 +326,7 @@ def _stamp_functions() -> tuple[StampRenderer, Callable[..., bytes], bool]:
     except ImportError:
         render, fallback = fallback_render_triplet, True
     try:
-        from broker_plugin.cutouts import encode_stamp as encode
+        from broker_plugin.photometry.cutouts import encode_stamp as encode
     except ImportError:
         encode, fallback = fallback_encode_stamp, True
     return render, encode, fallback

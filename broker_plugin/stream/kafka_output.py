@@ -49,8 +49,8 @@ from typing import Any
 
 import fastavro
 
-from .alert import Alert
-from .decode.avro import (
+from broker_plugin.alert import Alert
+from broker_plugin.decode.avro import (
     CONTAINER_MAGIC,
     WIRE_MAGIC,
     container_block_spans,
@@ -58,7 +58,7 @@ from .decode.avro import (
     parse_metadata,
     read_container_header,
 )
-from .errors import BalBrokerError
+from broker_plugin.errors import BalBrokerError
 
 #: Name of the field appended to the alert record.
 BAL_FIELD = "bal"
@@ -134,7 +134,7 @@ def container_message(header: bytes, sync: bytes, body: bytes) -> bytes:
 
 
 def _annotation_schema() -> dict[str, Any]:
-    from .output import annotation_schema
+    from broker_plugin.files.output import annotation_schema
 
     return copy.deepcopy(annotation_schema())
 
@@ -151,7 +151,7 @@ def parsed_bal_schema() -> Any:
 
 
 def encode_bal(record: Mapping[str, Any]) -> bytes:
-    """The schemaless Avro encoding of one ``bal`` record (an :class:`~broker_plugin.annotate.Annotator` record).
+    """The schemaless Avro encoding of one ``bal`` record (an :class:`~broker_plugin.models.annotate.Annotator` record).
 
     Records of the usual shape take :func:`_encode_bal_fast` (the same bytes as fastavro, tested, in
     a third of the time: it is once per output message); anything else -- another type in a field, a
@@ -463,7 +463,7 @@ class OutputEncoder:
 
     @staticmethod
     def _container_codec(meta_key: bytes) -> str:
-        from .decode.schemas import embedded_schema
+        from broker_plugin.decode.schemas import embedded_schema
 
         return embedded_schema(meta_key).codec
 
@@ -490,8 +490,8 @@ class OutputEncoder:
 
 def _wire_writer_schema(sid: int) -> Any:
     """The writer schema of a wire-format input: shipped Rubin schema, else the decoder's registry."""
-    from .decode import default_decoder
-    from .decode.schemas import packaged_lsst_schema
+    from broker_plugin.decode import default_decoder
+    from broker_plugin.decode.schemas import packaged_lsst_schema
 
     ws = packaged_lsst_schema(sid)
     if ws is None:

@@ -19,7 +19,7 @@ null, and the alert never a candidate, when it cannot be computed, with a flag s
 ``no_cutouts`` (no usable stamp), ``no_ranking_head``, ``no_bal_probability`` (no BAL
 probability and no prior given). A bundle without the scorer
 models (``cutout_encoder`` + ``ranking_head``) gives a null score with ``no_candidate_scorer``
-and falls back to ``is_candidate = p_bal >= threshold`` (:mod:`broker_plugin.inference`).
+and falls back to ``is_candidate = p_bal >= threshold`` (:mod:`broker_plugin.models.inference`).
 
 What the three probabilities mean
 ---------------------------------
@@ -78,7 +78,7 @@ Ranking-head inputs (:func:`assemble_head_inputs`)
 Three named float32 arrays, the ONNX input names of ``ranking_head.onnx``:
 
 * ``"embedding"``  ``[N, E]``: the cutout encoder's output (``cutout_encoder.onnx``, input
-  ``"cutouts"`` built by :func:`broker_plugin.cutouts.cutout_batch`).
+  ``"cutouts"`` built by :func:`broker_plugin.photometry.cutouts.cutout_batch`).
 * ``"lc_features"`` ``[N, len(FEATURE_NAMES)]``: the feature vector in ``FEATURE_NAMES`` order.
 * ``"meta"`` ``[N, len(HEAD_META_NAMES)]``: ``Alert.meta`` in :data:`META_FIELDS` order (the other
   survey's fields are NaN) and a survey indicator (``survey_lsst``: 1 for Rubin, 0 for ZTF).
@@ -102,9 +102,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from broker_plugin.alert import CUTOUT_KINDS, Alert
-from broker_plugin.cutouts import cutout_batch
 from broker_plugin.decode import META_FIELDS
-from broker_plugin.features import FEATURE_NAMES
+from broker_plugin.photometry.cutouts import cutout_batch
+from broker_plugin.photometry.features import FEATURE_NAMES
 
 #: Input names of ``ranking_head.onnx``, in the graph's order, and its output name.
 HEAD_INPUTS: tuple[str, ...] = ("embedding", "lc_features", "meta")
@@ -203,7 +203,7 @@ def assemble_head_inputs(
 def cutouts_usable(cutout_flags: Sequence[Sequence[str]]) -> np.ndarray:
     """Bool ``[N]``: False where no cutout carries information (see the module docstring).
 
-    ``cutout_flags`` are the per-alert flags of :func:`broker_plugin.cutouts.cutout_batch`: an alert
+    ``cutout_flags`` are the per-alert flags of :func:`broker_plugin.photometry.cutouts.cutout_batch`: an alert
     is unusable when every kind is ``cutout_missing_<kind>`` or ``cutout_bad_<kind>``, or when the
     images that are present are all flat (``cutout_flat``).
     """

@@ -75,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from .alert import LSST_BANDS, ZTF_FID_BANDS, LightCurve, UpperLimits
+from broker_plugin.alert import LSST_BANDS, ZTF_FID_BANDS, LightCurve, UpperLimits
 
 #: AB magnitude of 1 nJy: mag = 31.4 - 2.5 log10(flux / nJy).
 NJY_ZEROPOINT = 31.4

@@ -11,7 +11,7 @@ another transport (or a test double) can be swapped in without touching the proc
   ``kafka.input_pattern`` (a ``^``-anchored regex subscription): what is already fetched, else what
   arrives within ``batch_timeout_s`` (adaptive batching, see :meth:`Service.consume`).
 * ``execute``: :func:`broker_plugin.pipeline.process_batch`, the very code replay uses, then
-  :class:`broker_plugin.kafka_output.OutputEncoder` (input alert bytes + ``bal`` field).
+  :class:`broker_plugin.stream.kafka_output.OutputEncoder` (input alert bytes + ``bal`` field).
 * ``produce``: every annotated alert to ``output_topic`` (keyed by object id, header ``bal_source``
   = ``topic/partition/offset`` of the input), candidates (``is_candidate``) also to
   ``candidate_topic``, every failure to ``dlq_topic`` (original key and bytes, headers naming the error
@@ -24,7 +24,7 @@ acknowledged by the broker: :class:`OffsetTracker` counts outstanding outputs pe
 per input partition, advances over the contiguous run of fully acknowledged messages (outputs go to
 different partitions and are acknowledged out of order; storing offset N+1 means "everything
 before N+1 is done"). Committing is librdkafka's auto-commit of stored offsets (every second, on
-rebalance and on close; see :mod:`broker_plugin.kafka_config`), plus an explicit synchronous commit
+rebalance and on close; see :mod:`broker_plugin.stream.kafka_config`), plus an explicit synchronous commit
 on partition revocation (after flushing the producer) and at shutdown. We chose auto-commit of
 stored offsets over a commit per batch: it never commits unacknowledged work, costs no round trip
 per batch, and loses at most ~1 s of acknowledged work to re-processing after a crash.
@@ -58,7 +58,7 @@ messages outside the window are skipped client-side too (Tansu answers offset 0 
 timestamp); a partition is done at its first message after ``time_to`` or, when ``time_to`` is in
 the past, when the consumer reaches its end (librdkafka's partition-EOF event; Tansu's high
 watermarks are too low, so they are not used); the service exits 0 when every partition is done.
-``--workers N`` runs N processes in the same group (:mod:`broker_plugin.workers`).
+``--workers N`` runs N processes in the same group (:mod:`broker_plugin.stream.workers`).
 """
 
 from __future__ import annotations
@@ -76,14 +76,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
-from .config import ServiceConfig, load_config, parse_time_ms
-from .errors import BalBrokerError, ConfigError
-from .logs import RateLimiter, rate_limit, register_secret
-from .pipeline import INTERNAL_ERROR, settle_heap
+from broker_plugin import __version__
+from broker_plugin.config import ServiceConfig, load_config, parse_time_ms
+from broker_plugin.errors import BalBrokerError, ConfigError
+from broker_plugin.pipeline import INTERNAL_ERROR, settle_heap
+from broker_plugin.stream.logs import RateLimiter, rate_limit, register_secret
 
 log = logging.getLogger(__name__)
-_rdkafka_log = logging.getLogger("broker_plugin.service.librdkafka")
+_rdkafka_log = logging.getLogger("broker_plugin.stream.service.librdkafka")
 rate_limit(_rdkafka_log)  # librdkafka logs every reconnection attempt while a broker is down
 
 #: Extra attempts to produce one output after a (retriable) delivery failure before dead-lettering.
@@ -328,7 +328,7 @@ class Service:
 
     ``consumer``/``producer`` may be handed in (anything with the confluent-kafka interface);
     otherwise they are created from ``cfg.kafka`` in :meth:`start`. ``annotator`` defaults to one
-    with the configured model bundle (:func:`broker_plugin.annotate.load_model_stage`), loaded here
+    with the configured model bundle (:func:`broker_plugin.models.annotate.load_model_stage`), loaded here
     so a bad bundle fails before any connection is made. ``worker`` is ``(index, count)`` under
     ``--workers`` (only the time-range mode, which assigns partitions itself, needs it).
     """
@@ -336,14 +336,14 @@ class Service:
     def __init__(self, cfg: ServiceConfig, *, consumer: Any = None, producer: Any = None,
                  annotator: Any = None, metrics: Any = None, worker: tuple[int, int] = (0, 1),
                  clock: Callable[[], float] = time.monotonic) -> None:
-        from .annotate import Annotator, load_model_stage
-        from .kafka_output import OutputEncoder
-        from .metrics import Metrics
+        from broker_plugin.models.annotate import Annotator, load_model_stage
+        from broker_plugin.stream.kafka_output import OutputEncoder
+        from broker_plugin.stream.metrics import Metrics
 
         self.cfg = cfg
         k = cfg.kafka
         if k.schema_registry_url:
-            from . import decode
+            from broker_plugin import decode
 
             decode.configure(registry_url=k.schema_registry_url)
         if annotator is None:
@@ -384,12 +384,12 @@ class Service:
     # -- life cycle: start (pre-consume) ---------------------------------------------------------
 
     def client_settings(self) -> dict[str, Any]:
-        """KafkaConfig as the settings mapping :mod:`broker_plugin.kafka_config` understands."""
+        """KafkaConfig as the settings mapping :mod:`broker_plugin.stream.kafka_config` understands."""
         k = self.cfg.kafka
         return {f.name: getattr(k, f.name) for f in dataclasses.fields(k)}
 
     def consumer_conf(self) -> dict[str, Any]:
-        from .kafka_config import consumer_config
+        from broker_plugin.stream.kafka_config import consumer_config
 
         conf = consumer_config(self.client_settings(), group_id=self.group_id)
         conf["logger"] = _rdkafka_log
@@ -408,7 +408,7 @@ class Service:
         return conf
 
     def producer_conf(self) -> dict[str, Any]:
-        from .kafka_config import producer_config
+        from broker_plugin.stream.kafka_config import producer_config
 
         txn = None
         if self.exactly_once:
@@ -422,7 +422,7 @@ class Service:
         """Create the clients (unless handed in), subscribe or assign, start the metrics endpoint."""
         from confluent_kafka import Consumer, Producer
 
-        from .kafka_config import redact
+        from broker_plugin.stream.kafka_config import redact
 
         cfg = self.cfg
         log.info("bal-broker %s service starting", __version__, extra={
@@ -604,7 +604,7 @@ class Service:
 
     def execute(self, messages: Sequence[Any]) -> list[Work]:
         """Decode, annotate and encode a batch; every message gets outputs (annotated or DLQ)."""
-        from .pipeline import describe, process_batch
+        from broker_plugin.pipeline import describe, process_batch
 
         k = self.cfg.kafka
         n = len(messages)
@@ -631,7 +631,7 @@ class Service:
             try:
                 value = self.encoder.encode(m.value(), alert, record)
             except Exception as exc:
-                from .kafka_output import RegistryError
+                from broker_plugin.stream.kafka_output import RegistryError
 
                 if isinstance(exc, RegistryError):
                     raise ServiceStop(str(exc)) from None
@@ -1005,7 +1005,7 @@ def _error_name(err: Any) -> str:
 
 def _secrets_of(cfg: ServiceConfig) -> list[str]:
     """Secret values in the configuration, for the log scrubber."""
-    from .kafka_config import is_secret_key
+    from broker_plugin.stream.kafka_config import is_secret_key
 
     k = cfg.kafka
     out = [v for v in (k.sasl_password, k.ssl_key_password) if v]
@@ -1040,13 +1040,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .logs import setup_logging
+    from broker_plugin.stream.logs import setup_logging
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     cfg = load_config(args.config)
     if args.workers > 1:
-        from .workers import run_workers
+        from broker_plugin.stream.workers import run_workers
 
         setup_logging(cfg.observability.log_level, cfg.observability.log_format)
         return run_workers(args.config, args.workers, cfg)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BalBrokerError, ConfigError
+from broker_plugin.errors import BalBrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def object_id_key(data: bytes) -> str | None:
     message; the decoder is imported lazily so that ``publish`` works without the science stack.
     """
     try:
-        from .decode import decode_alert
+        from broker_plugin.decode import decode_alert
 
         object_id = decode_alert(data).object_id
     except Exception:
@@ -145,15 +145,15 @@ def publish(paths: Sequence[str | Path], topic: str, bootstrap: str, *, rate: fl
     ``rate`` (messages/s) paces the stream; ``None`` sends as fast as the broker takes them.
     ``key_fn(value) -> key`` (default: object id; ``None``: no keys). ``progress(stats)`` is called
     every ``progress_interval`` seconds and once at the end. ``settings`` are Kafka settings
-    (security...) as accepted by :func:`broker_plugin.kafka_config.producer_config`.
+    (security...) as accepted by :func:`broker_plugin.stream.kafka_config.producer_config`.
 
     Raises :class:`ConfigError` for a bad input path or rate, :class:`PublishError` when the broker
     cannot be reached within ``connect_timeout``; delivery problems are counted, not raised.
     """
     from confluent_kafka import KafkaError, KafkaException, Producer
 
-    from .kafka_config import producer_config
-    from .sources import iter_inputs
+    from broker_plugin.files.sources import iter_inputs
+    from broker_plugin.stream.kafka_config import producer_config
 
     if not topic:
         raise ConfigError("publish needs a topic name")
@@ -167,7 +167,7 @@ def publish(paths: Sequence[str | Path], topic: str, bootstrap: str, *, rate: fl
 
     items = iter_inputs(list(paths), on_skip=on_skip)  # validates every path before anything is sent
     config = producer_config(settings, bootstrap=bootstrap)
-    config.setdefault("logger", logging.getLogger("broker_plugin.publish.librdkafka"))
+    config.setdefault("logger", logging.getLogger("broker_plugin.broker.publish.librdkafka"))
     _check_reachable(config, topic, connect_timeout)
     producer = Producer(config)
 

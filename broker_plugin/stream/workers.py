@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ENV_PREFIX, ServiceConfig
+from broker_plugin.config import ENV_PREFIX, ServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def child_command(config_path: str | os.PathLike[str] | None) -> list[str]:
 
 def child_env(index: int, count: int, cfg: ServiceConfig, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of worker ``index``: its identity and, if metrics are on, its own metrics port."""
-    from .service import WORKER_ENV
+    from broker_plugin.stream.service import WORKER_ENV
 
     env = dict(os.environ if base is None else base)
     env[WORKER_ENV] = f"{index}/{count}"

@@ -15,15 +15,15 @@ order, named ``"{band}_{feature}"``; then the colours :data:`COLOR_FEATURES`.  T
 statistics brokers use (SCIENCE.md) come from the ``light-curve`` package through one combined Rust
 extractor (one call per band); the probability of variability is computed here from its reduced
 chi2 (``light-curve``'s own Chi2Pvar loops forever on a non-finite chi2); the damped random walk and
-structure function come from :mod:`broker_plugin.variability`.  No scaling or log transform is
+structure function come from :mod:`broker_plugin.photometry.variability`.  No scaling or log transform is
 applied: that belongs to the models.
 
 Minimum data (fewer give NaN, i.e. null, plus a flag; never an exception)
 -------------------------------------------------------------------------
 * ``mean_mag`` and the colours: 1 point per band;  ``time_span``: 2 points.
 * every other ``light-curve`` statistic: :data:`MIN_POINTS_LC` (5) points.
-* ``drw_*`` and ``sf_*``: :data:`~broker_plugin.variability.MIN_POINTS` (8) points spanning at least
-  :data:`~broker_plugin.variability.MIN_SPAN_DAYS` (10) days, and enough populated lag bins.
+* ``drw_*`` and ``sf_*``: :data:`~broker_plugin.photometry.variability.MIN_POINTS` (8) points spanning at least
+  :data:`~broker_plugin.photometry.variability.MIN_SPAN_DAYS` (10) days, and enough populated lag bins.
 
 Cleaning (the same for every caller)
 ------------------------------------
@@ -74,7 +74,7 @@ import numpy as np
 from scipy.special import gammainc
 
 from broker_plugin.alert import FEATURE_BANDS, LightCurve
-from broker_plugin.variability import (
+from broker_plugin.photometry.variability import (
     STATUS_DRW_FAILED,
     STATUS_NO_VARIABILITY,
     STATUS_SF_FAILED,

@@ -8,7 +8,7 @@ Volume: the service logs per batch at DEBUG and a progress line at INFO at most 
 seconds, never per alert (DESIGN.md).
 
 Secrets: the configuration is logged once at start through
-:func:`broker_plugin.kafka_config.redact`. As a second line of defence, every formatter made here
+:func:`broker_plugin.stream.kafka_config.redact`. As a second line of defence, every formatter made here
 replaces the values registered with :func:`register_secret` (the SASL password, the SSL key
 password, anything secret-looking in ``consumer_extra``/``producer_extra``) by ``***`` in the
 final line, whatever logger produced it (librdkafka's log lines included).

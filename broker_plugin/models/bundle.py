@@ -23,7 +23,7 @@ Manifest layout (written by ``training/bundle_writer.py``; ``bal-broker train`` 
     catalogue: {file, sha256, n_objects, embedding_dim, match_radius_arcsec, description}
                                    # optional: known spectra (ids, ra, dec, z, embedding, spec_prob) for fusion
 
-I/O names per role are fixed in :mod:`broker_plugin.inference` (``bal_lc``: ``features`` ->
+I/O names per role are fixed in :mod:`broker_plugin.models.inference` (``bal_lc``: ``features`` ->
 ``label``, ``probabilities``; ``fusion_late``: ``p_lc``, ``p_spec`` -> ``probability``;
 ``fusion_attention``: ``lc_features``, ``spec_embedding`` -> ``probability``, ``attention``;
 ``spectral``: ``flux`` -> ``embedding``, ``label``, ``probabilities``).
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import BundleError
-from .features import FEATURE_NAMES, FEATURE_VERSION
+from broker_plugin.errors import BundleError
+from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION
 
 MANIFEST = "manifest.yaml"
 #: Roles the plugin knows how to use; ``bal_lc`` is the one every bundle must have.

@@ -5,7 +5,7 @@ to building the output dict. Replay and the streaming service both call
 :meth:`Annotator.annotate_batch`, so a file replay and the Kafka service produce identical records.
 
 The model stage plugs in through :class:`ModelStage` (``predict(features, alerts) ->
-Predictions``; :class:`broker_plugin.inference.BundleStage` on a model bundle, wired by
+Predictions``; :class:`broker_plugin.models.inference.BundleStage` on a model bundle, wired by
 :func:`load_model_stage`); without one every record says so (``model_version: "none"``, flag
 ``no_model_bundle``, null probabilities, ``is_candidate: false``) instead of inventing scores.
 
@@ -26,7 +26,7 @@ import numpy as np
 
 from broker_plugin.alert import Alert
 from broker_plugin.errors import ConfigError
-from broker_plugin.features import FEATURE_NAMES, compute_features_batch, features_to_dict
+from broker_plugin.photometry.features import FEATURE_NAMES, compute_features_batch, features_to_dict
 
 #: ``model_version`` of records annotated without a model bundle.
 NO_MODEL_VERSION = "none"
@@ -73,12 +73,12 @@ def load_model_stage(path: str | Path | None, *, candidate_threshold: float | No
     default bundle shipped in ``broker_plugin/bundle/`` when it is present (a fresh install runs with
     models), and no model stage at all only when the package has no default bundle. Either way the
     bundle is verified (checksums, feature names and version) by
-    :meth:`~broker_plugin.bundle.ModelBundle.load`, which raises BundleError -- one line, exit 2 in
+    :meth:`~broker_plugin.models.bundle.ModelBundle.load`, which raises BundleError -- one line, exit 2 in
     the CLI -- rather than annotate with a model that does not fit this code.
     ``candidate_threshold`` overrides the manifest's default decision threshold.
     """
-    from broker_plugin.bundle import MANIFEST, ModelBundle, default_bundle_path
-    from broker_plugin.inference import BundleStage
+    from broker_plugin.models.bundle import MANIFEST, ModelBundle, default_bundle_path
+    from broker_plugin.models.inference import BundleStage
 
     if path is None:
         default = default_bundle_path()
@@ -127,7 +127,7 @@ class Annotator:
     """Turns decoded alerts into output records; one per process, reused for every batch.
 
     ``bundle`` is the model stage (None: annotate features only). Records follow DESIGN.md's JSONL
-    record exactly; :data:`broker_plugin.output.RECORD_FIELDS` lists the keys in order.
+    record exactly; :data:`broker_plugin.files.output.RECORD_FIELDS` lists the keys in order.
     """
 
     def __init__(self, bundle: ModelStage | None = None) -> None:

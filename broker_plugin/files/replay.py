@@ -85,10 +85,10 @@ def replay(
     when stderr is a terminal". Raises ConfigError for usage problems.
     """
     from broker_plugin import __version__
-    from broker_plugin.annotate import Annotator, load_model_stage
-    from broker_plugin.features import FEATURE_VERSION
-    from broker_plugin.output import check_output_path, open_rejects, open_writer, rejects_path
-    from broker_plugin.sources import iter_inputs
+    from broker_plugin.files.output import check_output_path, open_rejects, open_writer, rejects_path
+    from broker_plugin.files.sources import iter_inputs
+    from broker_plugin.models.annotate import Annotator, load_model_stage
+    from broker_plugin.photometry.features import FEATURE_VERSION
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")

@@ -1,6 +1,6 @@
-"""Batched ONNX inference on a verified :class:`~broker_plugin.bundle.ModelBundle`: the model stage.
+"""Batched ONNX inference on a verified :class:`~broker_plugin.models.bundle.ModelBundle`: the model stage.
 
-:class:`BundleStage` implements :class:`broker_plugin.annotate.ModelStage`. For a batch of n alerts it
+:class:`BundleStage` implements :class:`broker_plugin.models.annotate.ModelStage`. For a batch of n alerts it
 makes at most one ``session.run`` per model (never one per alert), so the cost per alert falls with
 the batch size; the sessions were created once, when the bundle was loaded.
 
@@ -9,7 +9,7 @@ What each output field means, and when it is null (each rule adds a flag so a nu
 ``bal_lc_prob``
     P(BAL | light-curve features) from the ``bal_lc`` forest, for alerts with at least ``min_points``
     points (manifest, ``models.bal_lc.min_points``; default 5, the ``light-curve`` statistics' own
-    minimum, :data:`broker_plugin.features.MIN_POINTS_LC`) in g or in r. Fewer: null, flag
+    minimum, :data:`broker_plugin.photometry.features.MIN_POINTS_LC`) in g or in r. Fewer: null, flag
     ``too_few_points`` -- a probability from a vector of mostly imputed medians would look like
     information and is not.
 ``bal_fusion_prob``
@@ -23,8 +23,8 @@ What each output field means, and when it is null (each rule adds a flag so a nu
 ``candidate_score``
     When the bundle has the candidate scorer (roles ``cutout_encoder`` and ``ranking_head``): the
     alert's cutouts go through the encoder and, with the feature vector and the alert metadata,
-    through the ranking head (:func:`broker_plugin.scoring.head_probability`), and
-    :func:`broker_plugin.scoring.combine` turns the head's probability and the BAL probability into
+    through the ranking head (:func:`broker_plugin.models.scoring.head_probability`), and
+    :func:`broker_plugin.models.scoring.combine` turns the head's probability and the BAL probability into
     ``candidate_score = head_prob * p_bal`` (``p_bal`` = ``bal_fusion_prob`` if known, else
     ``bal_lc_prob``). Null with a flag when it cannot be computed: ``no_cutouts`` (all three stamps
     missing, undecodable or flat), ``no_bal_probability``, ``no_ranking_head``; per-stamp problems
@@ -32,7 +32,7 @@ What each output field means, and when it is null (each rule adds a flag so a nu
     Without the scorer in the bundle: null and ``no_candidate_scorer``.
 ``is_candidate``
     With the scorer: ``candidate_score >= threshold`` (false when the score is null), the rule
-    documented in :mod:`broker_plugin.scoring`. Without it: ``decision >= threshold`` where
+    documented in :mod:`broker_plugin.models.scoring`. Without it: ``decision >= threshold`` where
     ``decision`` is ``bal_fusion_prob`` when known, else ``bal_lc_prob`` (the spectrum-informed
     probability is preferred because it is the better one); false when both are null.
     ``threshold`` is the manifest's ``bundle.candidate_threshold`` unless overridden
@@ -41,10 +41,10 @@ What each output field means, and when it is null (each rule adds a flag so a nu
 
 Start-up checks of the scorer (:class:`~broker_plugin.errors.BundleError`, one line, on any
 mismatch): both roles or neither; the ranking head's manifest ``meta_names`` equal the columns
-:func:`broker_plugin.scoring.meta_matrix` assembles (``META_FIELDS`` + ``survey_lsst``); its
+:func:`broker_plugin.models.scoring.meta_matrix` assembles (``META_FIELDS`` + ``survey_lsst``); its
 ``encoder_sha256`` equals the SHA-256 of the encoder file in the bundle (a head is only valid on the
 embedding of the encoder it was trained on); input / output names, the encoder's tensor shape
-(:mod:`broker_plugin.cutouts`) and the embedding width agree between the graphs and the plugin.
+(:mod:`broker_plugin.photometry.cutouts`) and the embedding width agree between the graphs and the plugin.
 
 Cost: one ``session.run`` per model per batch, except the cutout encoder, which runs in chunks of
 :data:`ENCODER_MAX_BATCH` alerts: its activations for a 500-alert batch cost ~66 MB of peak memory,
@@ -62,13 +62,13 @@ from typing import Any
 
 import numpy as np
 
-from broker_plugin import scoring
 from broker_plugin.alert import FEATURE_BANDS, Alert, LightCurve
-from broker_plugin.annotate import Predictions
-from broker_plugin.bundle import ModelBundle, sha256_file
-from broker_plugin.cutouts import CHANNELS, SIZE
 from broker_plugin.errors import BundleError
-from broker_plugin.features import FEATURE_NAMES, MIN_POINTS_LC
+from broker_plugin.models import scoring
+from broker_plugin.models.annotate import Predictions
+from broker_plugin.models.bundle import ModelBundle, sha256_file
+from broker_plugin.photometry.cutouts import CHANNELS, SIZE
+from broker_plugin.photometry.features import FEATURE_NAMES, MIN_POINTS_LC
 
 #: ``bal_lc``: float32 [N, F] in FEATURE_NAMES order (NaN = missing) -> int64 [N], float32 [N, 2].
 LC_INPUT, LC_LABEL, LC_PROBA = "features", "label", "probabilities"
@@ -199,7 +199,7 @@ class BundleStage:
         shape = list((enc.inputs[0].get("shape") or [])[1:])
         if shape and shape != [CHANNELS, SIZE, SIZE]:
             raise BundleError(f"model bundle {b.path}: cutout_encoder reads tensors of shape {shape}, the plugin "
-                              f"builds {[CHANNELS, SIZE, SIZE]} (broker_plugin.cutouts)")
+                              f"builds {[CHANNELS, SIZE, SIZE]} (broker_plugin.photometry.cutouts)")
         emb_out = next((o.get("shape") for o in enc.outputs if o.get("name") == scoring.ENCODER_OUTPUT), None)
         emb_in = next((i.get("shape") for i in head.inputs if i.get("name") == "embedding"), None)
         e_out, e_in = (emb_out or [None, None])[-1], (emb_in or [None, None])[-1]
@@ -273,8 +273,8 @@ class BundleStage:
                           p_fusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """``(candidate_score [n] with NaN = null, is_candidate [n], per-alert flags)``.
 
-        With the scorer: :func:`broker_plugin.scoring.head_probability` (one encoder run and one
-        head run for the batch) and :func:`broker_plugin.scoring.combine`. Without it: no score
+        With the scorer: :func:`broker_plugin.models.scoring.head_probability` (one encoder run and one
+        head run for the batch) and :func:`broker_plugin.models.scoring.combine`. Without it: no score
         (flag ``no_candidate_scorer``) and ``is_candidate`` from the BAL probability alone.
         """
         n = len(alerts)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from broker_plugin.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def _say(text: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     if args.alerts < 1:
         raise ConfigError("--alerts must be at least 1")
-    from .config import load_config
-    from .embedded_broker import EmbeddedBroker
-    from .publish import publish
-    from .service import Service
+    from broker_plugin.broker.embedded import EmbeddedBroker
+    from broker_plugin.broker.publish import publish
+    from broker_plugin.config import load_config
+    from broker_plugin.stream.service import Service
 
     try:
         from training.synthetic import write_night
@@ -130,7 +130,7 @@ def _read_candidates(bootstrap: str) -> list[tuple[dict[str, Any], Any]]:
     """Read the candidate topic back as a subscriber would, decoding with the plugin's own decoder."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from .decode import decode_alert
+    from broker_plugin.decode import decode_alert
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-reader", "enable.auto.commit": False})
     out: list[tuple[dict[str, Any], Any]] = []

@@ -49,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import BalBrokerError, ConfigError
+from broker_plugin.errors import BalBrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ class _PortLost(Exception):
 
 def _quiet_logger() -> logging.Logger:
     """librdkafka logs every refused connection to stderr; route it to Python logging instead."""
-    return logging.getLogger("broker_plugin.embedded_broker.librdkafka")
+    return logging.getLogger("broker_plugin.broker.embedded.librdkafka")
 
 
 def serve(port: int | None = None, data_dir: str | os.PathLike[str] | None = None, *,

@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ConfigError
+from broker_plugin.errors import ConfigError
 
 #: KafkaConfig field names (and a few friendly spellings) that are librdkafka properties.
 SETTING_ALIASES: dict[str, str] = {
