@@ -344,7 +344,8 @@ def scorer_section(scorer: Mapping[str, Any]) -> list[str]:
            "flag when the alert has no usable cutout or no BAL probability; `is_candidate = candidate_score >= "
            "threshold` (the rule and its reasons: `broker_plugin/models/scoring.py`). The head answers "
            "\"is this alert a quasar worth following up\" (positives: BAL and non-BAL quasars; negatives: stars, "
-           "supernovae, blazars, bogus), from the contrastive embedding of the cutouts, the light-curve features and the alert metadata.",
+           "supernovae, blazars, bogus), from the contrastive embedding of the cutouts, the light-curve features and "
+           "the alert metadata.",
            "",
            f"Trained on {htd.get('n_alerts', '?')} synthetic alerts (ZTF and Rubin packets decoded by the plugin; "
            f"classes {htd.get('class_counts', {})}), {htd.get('n_test', '?')} held out; the encoder on "
