@@ -32,7 +32,7 @@ from broker_plugin.errors import ConfigError
 from broker_plugin.models.bundle import MANIFEST, sha256_file
 
 from .export import io_spec, save
-from .report import rounded
+from .report_metrics import rounded
 
 CATALOGUE_FILE = "catalogue.npz"
 #: File name of each role's ONNX model.
