@@ -30,7 +30,7 @@ import fastavro
 from broker_plugin.decode import decode_alert
 from broker_plugin.decode.avro import CONTAINER_MAGIC, parse_metadata, read_container_header
 from broker_plugin.decode.schemas import packaged_lsst_schema
-from broker_plugin.stream.kafka_output import container_message, encode_metadata
+from broker_plugin.stream.avro_container import container_message, encode_metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The shared folder of real public alerts (override with BAL_SHARED_DATA, as the tests do).

@@ -22,18 +22,10 @@ import pytest
 from broker_plugin.decode import decode_alert, decode_container_records
 from broker_plugin.decode.avro import container_blocks, read_container_header
 from broker_plugin.models.annotate import Annotator
-from broker_plugin.stream.kafka_output import (
-    BAL_FIELD,
-    CUTOUT_FIELDS,
-    OutputEncoder,
-    OutputError,
-    RegistryError,
-    container_header,
-    container_message,
-    encode_bal,
-    encode_long,
-    output_schema,
-)
+from broker_plugin.stream.avro_container import container_header, container_message, encode_long
+from broker_plugin.stream.bal_encoding import encode_bal
+from broker_plugin.stream.kafka_output import BAL_FIELD, CUTOUT_FIELDS, OutputEncoder, OutputError, output_schema
+from broker_plugin.stream.schema_registry import RegistryError
 from tests.service_helpers import alert_corpus, same
 
 

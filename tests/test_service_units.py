@@ -7,8 +7,11 @@ import random
 import pytest
 
 from broker_plugin.config import load_config
-from broker_plugin.stream.service import ErrorBudget, OffsetTracker, TimeRange, dlq_headers, worker_from_env
-from broker_plugin.stream.workers import child_env, exit_status
+from broker_plugin.stream.error_budget import ErrorBudget
+from broker_plugin.stream.offsets import OffsetTracker
+from broker_plugin.stream.outputs import dlq_headers
+from broker_plugin.stream.time_range import TimeRange
+from broker_plugin.stream.workers import child_env, exit_status, worker_from_env
 
 
 def test_offsets_advance_only_over_fully_acknowledged_runs() -> None:

@@ -28,6 +28,11 @@ schema under the subject ``<output_topic>-value`` (``POST /subjects/<subject>/ve
 cached. Failures there are not the message's fault: :class:`RegistryError` stops the service
 rather than dead-lettering every alert.
 
+Where the pieces are: :mod:`~broker_plugin.stream.avro_container` (Avro primitives, the one-record
+container), :mod:`~broker_plugin.stream.bal_encoding` (the ``bal`` record, fast path included) and
+:mod:`~broker_plugin.stream.schema_registry` (registration); this module derives output schemas and
+builds output values.
+
 Deterministic bytes: the output schema is written as compact JSON with sorted keys and the sync
 marker is derived from it (MD5), so the same input and annotation give the same output bytes in
 every process (replays and scale-out are comparable byte for byte).
@@ -35,14 +40,11 @@ every process (replays and scale-out are comparable byte for byte).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
 import struct
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +61,22 @@ from broker_plugin.decode.avro import (
     read_container_header,
 )
 from broker_plugin.errors import BalBrokerError
+from broker_plugin.stream.avro_container import (
+    container_header,
+    container_message,
+    encode_bytes,
+    encode_long,
+    encode_metadata,
+)
+from broker_plugin.stream.bal_encoding import annotation_schema_copy, encode_bal, parsed_bal_schema
+from broker_plugin.stream.schema_registry import RegistryError, SchemaRegistryWriter
+
+#: Names that lived here before the encoder was split, still importable from here.
+__all__ = [
+    "BAL_FIELD", "CUTOUT_FIELDS", "OutputEncoder", "OutputError", "OutputSchema", "RegistryError",
+    "SchemaRegistryWriter", "container_header", "container_message", "encode_bal", "encode_bytes",
+    "encode_long", "encode_metadata", "output_schema", "parsed_bal_schema", "strip_parsed",
+]
 
 #: Name of the field appended to the alert record.
 BAL_FIELD = "bal"
@@ -80,207 +98,6 @@ class OutputError(BalBrokerError):
 
     reason = "encode_error"
 
-
-class RegistryError(BalBrokerError):
-    """The schema registry refused or failed to register an output schema: not the message's
-    fault, so the service stops (without committing) instead of dead-lettering the stream."""
-
-    reason = "schema_registry_error"
-
-
-# ------------------------------------------------------------------------------ Avro primitives
-
-
-def encode_long(n: int) -> bytes:
-    """Avro ``long``: zig-zag, then base-128 varint, least significant group first."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z & ~0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-def encode_bytes(data: bytes) -> bytes:
-    """Avro ``bytes``/``string``: length, then the bytes."""
-    return encode_long(len(data)) + data
-
-
-def encode_metadata(meta: Mapping[str, bytes]) -> bytes:
-    """A container header's metadata map (one block, then the empty block that ends the map)."""
-    parts = [encode_long(len(meta))]
-    for key, value in meta.items():
-        parts.append(encode_bytes(key.encode("utf-8")))
-        parts.append(encode_bytes(value))
-    parts.append(b"\x00")
-    return b"".join(parts)
-
-
-def container_header(schema_json: str, sync: bytes) -> bytes:
-    """Magic, metadata (``avro.schema``, ``avro.codec = null``) and the sync marker."""
-    if len(sync) != 16:
-        raise ValueError("an Avro sync marker is 16 bytes")
-    meta = {"avro.schema": schema_json.encode("utf-8"), "avro.codec": b"null"}
-    return CONTAINER_MAGIC + encode_metadata(meta) + sync
-
-
-def container_message(header: bytes, sync: bytes, body: bytes) -> bytes:
-    """A complete one-record container: header, one block (count 1, size, body), sync."""
-    return b"".join((header, b"\x02", encode_long(len(body)), body, sync))
-
-
-# ------------------------------------------------------------------------------ schemas
-
-
-def _annotation_schema() -> dict[str, Any]:
-    from broker_plugin.files.output import annotation_schema
-
-    return copy.deepcopy(annotation_schema())
-
-
-_parsed_bal: Any = None
-
-
-def parsed_bal_schema() -> Any:
-    """The ``bal`` record schema, parsed once per process."""
-    global _parsed_bal
-    if _parsed_bal is None:
-        _parsed_bal = fastavro.parse_schema(_annotation_schema(), named_schemas={})
-    return _parsed_bal
-
-
-def encode_bal(record: Mapping[str, Any]) -> bytes:
-    """The schemaless Avro encoding of one ``bal`` record (an :class:`~broker_plugin.models.annotate.Annotator` record).
-
-    Records of the usual shape take :func:`_encode_bal_fast` (the same bytes as fastavro, tested, in
-    a third of the time: it is once per output message); anything else -- another type in a field, a
-    schema that no longer has the layout the fast path was written for -- goes through fastavro.
-    """
-    if _fast_layout_ok():
-        fast = _encode_bal_fast(record)
-        if fast is not None:
-            return fast
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, parsed_bal_schema(), record)
-    return buf.getvalue()
-
-
-#: The field layout :func:`_encode_bal_fast` writes, in schema order (checked against the schema file).
-_FAST_LAYOUT: tuple[tuple[str, Any], ...] = (
-    ("survey", "string"), ("object_id", "string"), ("source_id", "string"),
-    ("ra", "double"), ("dec", "double"), ("mjd", "double"),
-    ("n_points", {"type": "map", "values": "int"}),
-    ("features", {"type": "map", "values": ["null", "double"]}),
-    ("bal_lc_prob", ["null", "double"]), ("bal_fusion_prob", ["null", "double"]),
-    ("candidate_score", ["null", "double"]), ("is_candidate", "boolean"),
-    ("flags", {"type": "array", "items": "string"}), ("model_version", "string"),
-)
-_fast_ok: bool | None = None
-_pack_double = struct.Struct("<d").pack
-#: Encoded (length + UTF-8) strings that recur in every record: feature names, bands, flags, versions.
-_STR_CACHE: dict[str, bytes] = {}
-_STR_CACHE_MAX = 4096
-
-
-def _fast_layout_ok() -> bool:
-    global _fast_ok
-    if _fast_ok is None:
-        fields = _annotation_schema().get("fields", [])
-        have = tuple((f.get("name"), f.get("type")) for f in fields)
-        _fast_ok = have == _FAST_LAYOUT
-    return _fast_ok
-
-
-def _str(s: Any) -> bytes | None:
-    """Avro string encoding of ``s`` (None unless it is exactly a str), cached for recurring values."""
-    hit = _STR_CACHE.get(s) if type(s) is str else None
-    if hit is not None:
-        return hit
-    if type(s) is not str:
-        return None
-    e = s.encode("utf-8")
-    out = encode_long(len(e)) + e
-    if len(_STR_CACHE) < _STR_CACHE_MAX and len(e) <= 64:
-        _STR_CACHE[s] = out
-    return out
-
-
-def _encode_bal_fast(r: Mapping[str, Any]) -> bytes | None:
-    """Straight-line encoding of the layout above; None as soon as a value is not of the exact type
-    the layout expects (then fastavro, which validates and converts, encodes the record)."""
-    try:
-        parts: list[bytes] = []
-        ap = parts.append
-        for k in ("survey", "object_id", "source_id"):
-            e = _str(r[k])
-            if e is None:
-                return None
-            ap(e)
-        for k in ("ra", "dec", "mjd"):
-            v = r[k]
-            if type(v) is not float:
-                return None
-            ap(_pack_double(v))
-        m = r["n_points"]
-        if type(m) is not dict:
-            return None
-        if m:
-            ap(encode_long(len(m)))
-            for key, v in m.items():
-                e = _str(key)
-                if e is None or type(v) is not int:
-                    return None
-                ap(e)
-                ap(encode_long(v))
-        ap(b"\x00")
-        m = r["features"]
-        if type(m) is not dict:
-            return None
-        if m:
-            ap(encode_long(len(m)))
-            for key, v in m.items():
-                e = _str(key)
-                if e is None:
-                    return None
-                ap(e)
-                if v is None:
-                    ap(b"\x00")
-                elif type(v) is float:
-                    ap(b"\x02" + _pack_double(v))
-                else:
-                    return None
-        ap(b"\x00")
-        for k in ("bal_lc_prob", "bal_fusion_prob", "candidate_score"):
-            v = r[k]
-            if v is None:
-                ap(b"\x00")
-            elif type(v) is float:
-                ap(b"\x02" + _pack_double(v))
-            else:
-                return None
-        v = r["is_candidate"]
-        if type(v) is not bool:
-            return None
-        ap(b"\x01" if v else b"\x00")
-        flags = r["flags"]
-        if type(flags) is not list:
-            return None
-        if flags:
-            ap(encode_long(len(flags)))
-            for f in flags:
-                e = _str(f)
-                if e is None:
-                    return None
-                ap(e)
-        ap(b"\x00")
-        e = _str(r["model_version"])
-        if e is None:
-            return None
-        ap(e)
-    except (KeyError, TypeError):
-        return None
-    return b"".join(parts)
 
 
 def strip_parsed(schema: Any) -> Any:
@@ -318,7 +135,7 @@ def output_schema(input_schema: Any, *, drop_cutouts: bool = False) -> dict[str,
                 if "null" not in branches:
                     f["type"] = ["null", *branches]
                     f["default"] = None
-    fields.append({"name": BAL_FIELD, "type": ["null", _annotation_schema()], "default": None, "doc": _BAL_DOC})
+    fields.append({"name": BAL_FIELD, "type": ["null", annotation_schema_copy()], "default": None, "doc": _BAL_DOC})
     out = dict(input_schema)
     out["fields"] = fields
     return out
@@ -333,46 +150,6 @@ class OutputSchema:
     sync: bytes | None  #: container sync marker; None in wire-format mode
     parsed: Any  #: parsed output schema, for the re-encode (drop_cutouts) path
     cutouts: tuple[str, ...]  #: cutout fields present in the schema
-
-
-# ------------------------------------------------------------------------------ schema registry
-
-
-class SchemaRegistryWriter:
-    """Registers output schemas with a Confluent-compatible registry (stdlib HTTP, ids cached).
-
-    ``POST {url}/subjects/{subject}/versions`` with ``{"schema": "..."}`` answers ``{"id": N}`` and
-    is idempotent: an already-registered schema returns its existing id.
-    """
-
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._ids: dict[tuple[str, str], int] = {}
-
-    def register(self, subject: str, schema_json: str) -> int:
-        key = (subject, schema_json)
-        hit = self._ids.get(key)
-        if hit is not None:
-            return hit
-        endpoint = f"{self.url}/subjects/{urllib.request.quote(subject, safe='')}/versions"
-        body = json.dumps({"schema": schema_json}).encode("utf-8")
-        req = urllib.request.Request(endpoint, data=body, method="POST",
-                                     headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # the operator sets the URL
-                answer = json.loads(resp.read())
-            sid = int(answer["id"])
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode("utf-8", "replace")
-            hint = " (subject compatibility refuses this schema: set it to NONE or FORWARD)" if exc.code == 409 else ""
-            raise RegistryError(f"schema registry {self.url} refused the output schema for subject {subject}: "
-                                f"HTTP {exc.code} {detail}{hint}") from None
-        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"schema registry {self.url} unreachable or confused while registering "
-                                f"subject {subject}: {exc}") from None
-        self._ids[key] = sid
-        return sid
 
 
 # ------------------------------------------------------------------------------ the encoder

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,17 @@ log = logging.getLogger(__name__)
 
 #: Seconds between being told to stop and killing children that have not exited.
 KILL_AFTER_S = 15.0
+#: Environment variable through which ``--workers`` tells a child its index and the worker count.
+WORKER_ENV = "BAL_BROKER_WORKER"
+
+
+def worker_from_env(environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(index, count)`` from ``BAL_BROKER_WORKER=i/N`` (set by ``--workers``), else ``(0, 1)``."""
+    raw = (os.environ if environ is None else environ).get(WORKER_ENV, "")
+    m = re.fullmatch(r"(\d+)/(\d+)", raw.strip())
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        return (0, 1)
+    return (int(m.group(1)), int(m.group(2)))
 
 
 def child_command(config_path: str | os.PathLike[str] | None) -> list[str]:
@@ -48,8 +60,6 @@ def child_command(config_path: str | os.PathLike[str] | None) -> list[str]:
 
 def child_env(index: int, count: int, cfg: ServiceConfig, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of worker ``index``: its identity and, if metrics are on, its own metrics port."""
-    from broker_plugin.stream.service import WORKER_ENV
-
     env = dict(os.environ if base is None else base)
     env[WORKER_ENV] = f"{index}/{count}"
     port = cfg.observability.metrics_port

@@ -1,0 +1,142 @@
+"""At-least-once delivery: produce every output, retry, dead-letter, and store acknowledged offsets.
+
+Why it is shaped like this: an offset is *stored* only when every output of its message (and of
+every earlier message of its partition) has been acknowledged (:class:`~broker_plugin.stream.offsets.OffsetTracker`);
+librdkafka auto-commits stored offsets. A failed output is retried (``PRODUCE_RETRIES``, except for
+errors no retry can fix), then its input goes to the DLQ with reason ``produce_failed``; if the DLQ
+refuses it too, the service stops with status 1 and that offset is never stored.
+:class:`AtLeastOnceDelivery` is mixed into the service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from broker_plugin.stream.kafka_errors import PERMANENT_PRODUCE_ERRORS, error_name, error_text
+from broker_plugin.stream.offsets import OffsetTracker, _Entry
+from broker_plugin.stream.outputs import Output, Work, dlq_headers
+from broker_plugin.stream.stop import ServiceStop
+
+#: The service's logger: these lines are the service's, whichever module holds the code.
+log = logging.getLogger("broker_plugin.stream.service")
+
+#: Extra attempts to produce one output after a (retriable) delivery failure before dead-lettering.
+PRODUCE_RETRIES = 2
+
+
+class AtLeastOnceDelivery:
+    """Sending outputs one by one with delivery reports, and storing the offsets they complete.
+
+    Expects of the service: ``cfg``, ``producer``, ``consumer``, ``tracker``, ``stats``, ``metrics``,
+    ``exactly_once``, ``_fatal``, the ``_acked_*`` counters and ``_log_rate_limited``.
+    """
+
+    tracker: OffsetTracker
+    _fatal: ServiceStop | None
+
+    def _dlq(self, msg: Any, error_class: str, reason: str, message: str, stage: str) -> Output:
+        headers = dlq_headers(msg, error_class=error_class, reason=reason, message=message, stage=stage)
+        return Output(self.cfg.kafka.dlq_topic, msg.key(), msg.value() or b"", list(headers), "dlq")
+
+    def _produce_each(self, works: Sequence[Work]) -> None:
+        """Register every input with the tracker and hand its outputs to the producer."""
+        for w in works:
+            m = w.msg
+            entry = self.tracker.begin(m.topic(), m.partition(), m.offset(), len(w.outputs), m)
+            for out in w.outputs:
+                self._send(out, entry, 0)
+        self.producer.poll(0)
+
+    def _send(self, out: Output, entry: _Entry, attempt: int) -> None:
+        from confluent_kafka import KafkaException
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            self._delivered(err, out, entry, attempt)
+
+        while True:
+            try:
+                self.producer.produce(out.topic, value=out.value, key=out.key, headers=out.headers,
+                                      on_delivery=on_delivery)
+                return
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self.producer.poll(0.1)
+            except KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
+                self._delivered(exc.args[0] if exc.args else exc, out, entry, attempt)
+                return
+
+    def _delivered(self, err: Any, out: Output, entry: _Entry, attempt: int) -> None:
+        """Delivery report (or produce-time refusal) of one output."""
+        if err is None:
+            self._count_acked(out.kind)
+            self.tracker.done(entry)
+            return
+        name = error_name(err)
+        text = error_text(err)
+        if attempt < PRODUCE_RETRIES and name not in PERMANENT_PRODUCE_ERRORS:
+            self._log_rate_limited(f"produce-{name}", "producing to %s failed (%s); retrying", out.topic, text)
+            self._send(out, entry, attempt + 1)
+            return
+        if out.kind == "dlq":  # nowhere left to put the message: stop; its offset is never stored
+            if self._fatal is None:
+                self._fatal = ServiceStop(f"the dead-letter topic {out.topic} refused a message from "
+                                          f"{dict(out.headers).get('bal_source')}: {text}; stopping without "
+                                          "committing it")
+            return
+        self._dead_letter_input(out, entry, name, text)
+
+    def _count_acked(self, kind: str) -> None:
+        """One acknowledged output of ``kind``; published by the service's ``_flush_counts``."""
+        if kind == "out":
+            self._acked_out += 1
+        elif kind == "candidate":
+            self._acked_candidates += 1
+        else:
+            self._acked_dlq += 1
+
+    def _dead_letter_input(self, out: Output, entry: _Entry, name: str, text: str) -> None:
+        """An output failed for good: send its input to the DLQ instead (once per input)."""
+        if out.kind == "out":  # the alert did not go out annotated after all (keeps the counts adding up)
+            self.stats.annotated -= 1
+        if entry.dlq_sent:  # another output of this input already went to the DLQ: that covers it
+            self.tracker.done(entry)
+            return
+        entry.dlq_sent = True
+        self._log_rate_limited(f"produce-dlq-{name}", "producing to %s failed for good (%s); dead-lettering the "
+                               "input", out.topic, text)
+        src = entry.source
+        if src is None:  # cannot happen: the entry is not done while an output is outstanding
+            self._fatal = ServiceStop(f"lost track of an input while dead-lettering ({text})")
+            return
+        self.stats.rejected += 1
+        self.stats.reasons["produce_failed"] += 1
+        self.metrics.reject("produce_failed")
+        self._send(self._dlq(src, "KafkaError", "produce_failed", f"{out.topic}: {text}", "produce"), entry, 0)
+
+    def _store(self) -> None:
+        """Store the offsets whose acknowledged run grew (exactly_once: they go through the transaction)."""
+        if self.exactly_once:
+            return
+        advanced = self.tracker.advanced()
+        if not advanced:
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        offsets = [TopicPartition(t, p, o) for t, p, o in advanced]
+        try:
+            self.consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:  # partition no longer assigned: its next owner re-processes
+            log.debug("store_offsets: %s", exc)
+
+    def _flush_counts(self) -> None:
+        m = self.metrics
+        if self._acked_out:
+            m.alerts_out.inc(self._acked_out)
+            self.stats.produced_out += self._acked_out
+        if self._acked_candidates:
+            m.candidates.inc(self._acked_candidates)
+            self.stats.produced_candidates += self._acked_candidates
+        if self._acked_dlq:
+            self.stats.produced_dlq += self._acked_dlq
+        self._acked_out = self._acked_candidates = self._acked_dlq = 0
