@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker_plugin.alert import LightCurve
 from broker_plugin.photometry.features import FEATURE_NAMES, FEATURE_VERSION, compute_features, compute_features_batch
-from broker_plugin.photometry.variability import simulate_drw
+from broker_plugin.photometry.variability_curves import simulate_drw
 
 
 def _times(rng: np.random.Generator, n: int, span: float) -> np.ndarray:

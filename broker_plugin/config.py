@@ -19,7 +19,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,49 @@ def parse_time_ms(value: str, where: str = "time") -> int:
     return round(parsed.timestamp() * 1000)
 
 
+def _coerce_bool(value: Any, where: str) -> bool:
+    """Only a YAML boolean: ``1`` or ``"yes"`` for a flag is more likely a typo than intent."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
+def _coerce_int(value: Any, where: str) -> int:
+    """An integer, never a bool (``True`` is an ``int`` in Python but not in a config file)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{where}: expected an integer, got {value!r}")
+
+
+def _coerce_float(value: Any, where: str) -> float:
+    """A number; an integer widens losslessly to float, a bool is refused."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{where}: expected a number, got {value!r}")
+
+
+def _coerce_str(value: Any, where: str) -> str:
+    """A string; numbers and YAML's unquoted dates are turned back into the text that was meant."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, _dt.date):  # YAML reads an unquoted 2024-05-01T00:00:00Z as a datetime
+        if isinstance(value, _dt.datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.isoformat()
+    raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+
+
+#: Coercers of the scalar annotations, split out of :func:`_coerce` so each type's rule reads alone.
+_SCALAR_COERCERS: dict[Any, Callable[[Any, str], Any]] = {
+    bool: _coerce_bool,
+    int: _coerce_int,
+    float: _coerce_float,
+    str: _coerce_str,
+}
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp``; convert only lossless, obvious cases."""
     origin = typing.get_origin(tp)
@@ -197,28 +240,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, _dt.date):  # YAML reads an unquoted 2024-05-01T00:00:00Z as a datetime
-            if isinstance(value, _dt.datetime) and value.tzinfo is None:
-                value = value.replace(tzinfo=_dt.timezone.utc)
-            return value.isoformat()
-        raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+    scalar = _SCALAR_COERCERS.get(tp)
+    if scalar is not None:
+        return scalar(value, where)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - programming error

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker_plugin.alert import Alert
+from broker_plugin.decode import default_decoder
 from broker_plugin.errors import DecodeError
+from broker_plugin.models.annotate import check_alert
 
 #: Reason recorded for an unexpected exception (a bug), whatever the stage.
 INTERNAL_ERROR = "internal_error"
@@ -93,13 +95,9 @@ def process_batch(annotator: Any, payloads: Sequence[bytes], *,
     once); a given ``decode`` is called per message. Never raises for bad input or a bug in
     decode/features/models: those become :class:`Rejected` entries.
     """
-    from broker_plugin.models.annotate import check_alert
-
     out = ProcessedBatch()
     t0 = time.perf_counter()
     if decode is None:
-        from broker_plugin.decode import default_decoder
-
         decoded = default_decoder().decode_batch(payloads)
     else:
         decoded = []

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from broker_plugin.config import ServiceConfig, load_config
-from broker_plugin.models.annotate import Predictions
+from broker_plugin.models.predictions import Predictions
 from tests.kafka_helpers import unique_name
 
 CORRUPT_MESSAGES: tuple[tuple[str, bytes], ...] = (

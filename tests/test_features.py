@@ -25,7 +25,7 @@ from broker_plugin.photometry.features import (
     compute_features_batch,
     features_to_dict,
 )
-from broker_plugin.photometry.variability import simulate_drw
+from broker_plugin.photometry.variability_curves import simulate_drw
 
 F = len(FEATURE_NAMES)
 IDX = {name: k for k, name in enumerate(FEATURE_NAMES)}

@@ -18,12 +18,9 @@ from broker_plugin.photometry.variability import (
     STATUS_TOO_SHORT,
     TAU_MAX_DAYS,
     TAU_MIN_DAYS,
-    fit_drw,
-    sf_power_law,
-    simulate_drw,
-    structure_function,
     variability_features_many,
 )
+from broker_plugin.photometry.variability_curves import fit_drw, sf_power_law, simulate_drw, structure_function
 
 
 def _drw_curve(

@@ -150,7 +150,7 @@ def publish(paths: Sequence[str | Path], topic: str, bootstrap: str, *, rate: fl
     Raises :class:`ConfigError` for a bad input path or rate, :class:`PublishError` when the broker
     cannot be reached within ``connect_timeout``; delivery problems are counted, not raised.
     """
-    from confluent_kafka import KafkaError, KafkaException, Producer
+    from confluent_kafka import KafkaException, Producer
 
     from broker_plugin.files.sources import iter_inputs
     from broker_plugin.stream.kafka_config import producer_config
@@ -170,16 +170,6 @@ def publish(paths: Sequence[str | Path], topic: str, bootstrap: str, *, rate: fl
     config.setdefault("logger", logging.getLogger("broker_plugin.broker.publish.librdkafka"))
     _check_reachable(config, topic, connect_timeout)
     producer = Producer(config)
-
-    def delivered(origin: str, size: int) -> Callable[[KafkaError | None, Any], None]:
-        def callback(err: KafkaError | None, _msg: Any) -> None:
-            if err is None:
-                stats.delivered += 1
-                stats.bytes_delivered += size
-            else:
-                stats.failed += 1
-                stats.note(f"{origin}: {err.str()}")
-        return callback
 
     start = time.monotonic()
     next_progress = start + progress_interval
@@ -203,8 +193,8 @@ def publish(paths: Sequence[str | Path], topic: str, bootstrap: str, *, rate: fl
                     stats.unkeyed += 1
             if bucket is not None:
                 bucket.acquire(lambda s: producer.poll(s))
-            _produce(producer, topic, item.data, key, delivered(item.origin, len(item.data)), stats, item.origin,
-                     KafkaException)
+            _produce(producer, topic, item.data, key, _delivery_report(stats, item.origin, len(item.data)),
+                     stats, item.origin, KafkaException)
             producer.poll(0)
             now = time.monotonic()
             if now >= next_progress:
@@ -216,6 +206,34 @@ def publish(paths: Sequence[str | Path], topic: str, bootstrap: str, *, rate: fl
         log.warning("interrupted after %d messages; %d still undelivered", stats.produced, left)
         raise
 
+    _final_flush(producer, stats, flush_timeout)
+    report(time.monotonic())
+    return stats
+
+
+def _delivery_report(stats: PublishStats, origin: str, size: int) -> Callable[[Any, Any], None]:
+    """The delivery callback of one message: counts it delivered or failed (with the broker's reason).
+
+    A factory rather than a closure inside :func:`publish` only to keep that function readable; one
+    callback per message is made either way.
+    """
+    def callback(err: Any, _msg: Any) -> None:  # err: confluent_kafka.KafkaError or None
+        if err is None:
+            stats.delivered += 1
+            stats.bytes_delivered += size
+        else:
+            stats.failed += 1
+            stats.note(f"{origin}: {err.str()}")
+    return callback
+
+
+def _final_flush(producer: Any, stats: PublishStats, flush_timeout: float) -> None:
+    """Wait for the outstanding deliveries, then account for every message produced.
+
+    Whatever is still queued after ``flush_timeout`` is purged so that its callbacks report it as
+    failed, and messages whose callback never fired are counted as failed too: ``produced`` always
+    equals ``delivered + failed - refused`` afterwards, nothing is lost silently.
+    """
     remaining = producer.flush(flush_timeout)
     if remaining:
         # Purge so the callbacks report them as failed, instead of silently dropping them with the producer.
@@ -226,8 +244,6 @@ def publish(paths: Sequence[str | Path], topic: str, bootstrap: str, *, rate: fl
     if unaccounted > 0:  # callbacks that never fired: still count them, never lose them silently
         stats.failed += unaccounted
         stats.note(f"{unaccounted} messages had no delivery report after the final flush")
-    report(time.monotonic())
-    return stats
 
 
 def _produce(producer: Any, topic: str, value: bytes, key: bytes | str | None,

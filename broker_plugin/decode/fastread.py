@@ -27,12 +27,16 @@ Written from the Avro 1.11 specification ("Binary Encoding"); no other project's
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastavro.read import LOGICAL_READERS
+
+from broker_plugin.decode.fastread_gen import _MAX_DEPTH, _MIN_RUN, MAX_NODES, _tagged_number, _Unsupported
+from broker_plugin.decode.fastread_skip import _SkipGen
+
+__all__ = ["MAX_NODES", "CompiledReader", "Reader", "Spec", "compile_reader"]
 
 #: A compiled reader: (buffer, start position) -> (datum, end position).
 Reader = Callable[[bytes, int], "tuple[Any, int]"]
@@ -41,159 +45,20 @@ Reader = Callable[[bytes, int], "tuple[Any, int]"]
 #: that place; names absent from the writer schema are simply absent from the datum.
 Spec = Mapping[str, "Spec | None"]
 
-#: Schemas with more nodes than this are left to fastavro (ZTF 4.02 has ~400).
-MAX_NODES = 20_000
-_MAX_DEPTH = 64
 
+class _Gen(_SkipGen):
+    """Emits one function per record type, the other types inline: the reader half of the generator.
 
-class _Unsupported(Exception):
-    """Compile-time: this schema is read by fastavro instead."""
-
-
-class _Bad(Exception):
-    """Run-time: the bytes are not what this reader handles; fastavro decides."""
-
-
-#: Shortest run of nullable float/double fields read with one unpack (shorter runs gain nothing).
-_MIN_RUN = 3
-
-
-def _tagged_number(t: Any) -> tuple[str, int, int] | None:
-    """(struct code, tag byte when present, tag byte when null) of a two-branch union of null and a
-    plain float or double; None for anything else (logical types and named references included)."""
-    if not isinstance(t, list) or len(t) != 2 or "null" not in t:
-        return None
-    other = t[1] if t[0] == "null" else t[0]
-    code = {"float": "f", "double": "d"}.get(other) if isinstance(other, str) else None
-    if code is None:
-        return None
-    present = 2 * t.index(other)
-    return code, present, 2 * t.index("null")
-
-
-def _varint_tail(b: bytes, p: int, first: int) -> tuple[int, int]:
-    """The rest of a varint whose first byte ``first`` had its continuation bit set; at most 64 bits."""
-    acc = first & 0x7F
-    shift = 7
-    while True:
-        c = b[p]
-        p += 1
-        acc |= (c & 0x7F) << shift
-        if not c & 0x80:
-            if acc >> 64:
-                raise _Bad("varint longer than 64 bits")
-            return acc, p
-        shift += 7
-        if shift > 63:
-            raise _Bad("varint longer than 10 bytes")
-
-
-#: A varint of at most 10 bytes (9 with the continuation bit, then one without). Skipping one with
-#: a single C-level match is ~3x cheaper than decoding it. A 10-byte varint beyond 64 bits is
-#: skipped here although the decoding path leaves it to fastavro: fastavro reads it (it wraps), so
-#: accepting it is what the full read ends up doing too. No match (past 10 bytes, or the end of the
-#: buffer) makes ``.end()`` raise AttributeError, which sends the message to fastavro.
-_VARINT_END = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]", re.DOTALL).match
-
-
-class _Gen:
-    """Emits one function per record type, the other types inline."""
-
-    def __init__(self) -> None:
-        self.ns: dict[str, Any] = {
-            "_Bad": _Bad, "_tail": _varint_tail, "_vend": _VARINT_END,
-            "_uf": struct.Struct("<f").unpack_from, "_ud": struct.Struct("<d").unpack_from,
-        }
-        self.named: dict[str, Any] = {}
-        self.functions: list[list[str]] = []
-        self.record_fn: dict[Any, str] = {}
-        self.nodes = 0
-        self._tmp = 0
-
-    # -- helpers -------------------------------------------------------------------------------
-    def tmp(self, stem: str = "v") -> str:
-        self._tmp += 1
-        return f"{stem}{self._tmp}"
-
-    def const(self, value: Any, stem: str) -> str:
-        name = f"_{stem}{len(self.ns)}"
-        self.ns[name] = value
-        return name
-
-    def collect(self, t: Any, namespace: str = "", depth: int = 0) -> None:
-        """Register every named type (records, enums, fixed) by full and short name."""
-        self.nodes += 1
-        if self.nodes > MAX_NODES or depth > 4 * _MAX_DEPTH:
-            raise _Unsupported("schema too large")
-        if isinstance(t, list):
-            for x in t:
-                self.collect(x, namespace, depth + 1)
-            return
-        if not isinstance(t, dict):
-            return
-        kind = t.get("type")
-        if kind in ("record", "error", "enum", "fixed"):
-            name = str(t.get("name", ""))
-            ns = t.get("namespace", namespace) or ""
-            full = name if "." in name or not ns else f"{ns}.{name}"
-            self.named.setdefault(full, t)
-            self.named.setdefault(name.rsplit(".", 1)[-1], t)
-            inner_ns = full.rsplit(".", 1)[0] if "." in full else ns
-            for f in t.get("fields", ()) if kind != "enum" and kind != "fixed" else ():
-                if isinstance(f, dict):
-                    self.collect(f.get("type"), inner_ns, depth + 1)
-            return
-        if kind == "array":
-            self.collect(t.get("items"), namespace, depth + 1)
-        elif kind == "map":
-            self.collect(t.get("values"), namespace, depth + 1)
-        elif isinstance(kind, (dict, list)):
-            self.collect(kind, namespace, depth + 1)
-
-    def resolve(self, name: str) -> Any:
-        t = self.named.get(name)
-        if t is None:
-            t = self.named.get(name.rsplit(".", 1)[-1])
-        if t is None:
-            raise _Unsupported(f"unknown named type {name!r}")
-        return t
-
-    # -- code ----------------------------------------------------------------------------------
-    @staticmethod
-    def long(out: str, ind: str) -> list[str]:
-        """Zig-zag varint into ``out`` (one byte inline, longer ones through _tail)."""
-        return [f"{ind}{out} = b[p]", f"{ind}p += 1",
-                f"{ind}if {out} & 0x80:", f"{ind}    {out}, p = _tail(b, p, {out})",
-                f"{ind}{out} = ({out} >> 1) ^ -({out} & 1)"]
-
-    def sized(self, out: str, ind: str, decode: bool) -> list[str]:
-        n = self.tmp("n")
-        lines = self.long(n, ind)
-        lines += [f"{ind}if {n} < 0 or p + {n} > len(b):", f"{ind}    raise _Bad('bad length')",
-                  f"{ind}{out} = b[p:p + {n}]{'.decode()' if decode else ''}", f"{ind}p += {n}"]
-        return lines
+    The plumbing is :class:`~broker_plugin.decode.fastread_gen._GenBase`, skipping is
+    :class:`~broker_plugin.decode.fastread_skip._SkipGen`.
+    """
 
     def read(self, t: Any, out: str, ind: str, depth: int, spec: Spec | None = None) -> list[str]:
         """Lines reading one value of type ``t`` into local ``out``; ``spec`` projects the records in it."""
         if depth > _MAX_DEPTH:
             raise _Unsupported("schema nested too deeply")
         if isinstance(t, str):
-            if t == "null":
-                return [f"{ind}{out} = None"]
-            if t == "boolean":
-                return [f"{ind}{out} = b[p]", f"{ind}p += 1", f"{ind}if {out} > 1:", f"{ind}    raise _Bad('bool')",
-                        f"{ind}{out} = {out} == 1"]
-            if t in ("int", "long"):
-                return self.long(out, ind)
-            if t == "float":
-                return [f"{ind}{out} = _uf(b, p)[0]", f"{ind}p += 4"]
-            if t == "double":
-                return [f"{ind}{out} = _ud(b, p)[0]", f"{ind}p += 8"]
-            if t == "string":
-                return self.sized(out, ind, True)
-            if t == "bytes":
-                return self.sized(out, ind, False)
-            return self.read(self.resolve(t), out, ind, depth + 1, spec)
+            return self.read_named(t, out, ind, depth, spec)
         if isinstance(t, list):
             return self.union(t, out, ind, depth, spec)
         if not isinstance(t, dict):
@@ -221,7 +86,30 @@ class _Gen:
             lines = self.read(kind, out, ind, depth + 1, spec)
         else:
             raise _Unsupported(f"schema node {t!r}")
-        # fastavro applies a logical reader to any node that declares a known logical type
+        return self.logical(t, kind, out, ind, lines)
+
+    def read_named(self, t: str, out: str, ind: str, depth: int, spec: Spec | None) -> list[str]:
+        """:meth:`read` of a type given by name: a primitive inline, else the named type it refers to."""
+        if t == "null":
+            return [f"{ind}{out} = None"]
+        if t == "boolean":
+            return [f"{ind}{out} = b[p]", f"{ind}p += 1", f"{ind}if {out} > 1:", f"{ind}    raise _Bad('bool')",
+                    f"{ind}{out} = {out} == 1"]
+        if t in ("int", "long"):
+            return self.long(out, ind)
+        if t == "float":
+            return [f"{ind}{out} = _uf(b, p)[0]", f"{ind}p += 4"]
+        if t == "double":
+            return [f"{ind}{out} = _ud(b, p)[0]", f"{ind}p += 8"]
+        if t == "string":
+            return self.sized(out, ind, True)
+        if t == "bytes":
+            return self.sized(out, ind, False)
+        return self.read(self.resolve(t), out, ind, depth + 1, spec)
+
+    def logical(self, t: dict[str, Any], kind: Any, out: str, ind: str, lines: list[str]) -> list[str]:
+        """``lines`` plus the conversion of ``out`` by its logical type, when ``t`` declares a known one:
+        fastavro applies a logical reader to any node that declares a known logical type."""
         lt = t.get("logicalType")
         if lt and isinstance(kind, str):
             fn = LOGICAL_READERS.get(f"{kind}-{lt}")
@@ -257,117 +145,6 @@ class _Gen:
             lines += self.sized(k, ind3, True)
         lines += self.read(item, v, ind3, depth + 1, spec)
         lines.append(f"{ind3}{out}[{k}] = {v}" if is_map else f"{ind3}{out}.append({v})")
-        return lines
-
-    # -- skipping (projection) -----------------------------------------------------------------
-    def skip(self, t: Any, ind: str, depth: int) -> list[str]:
-        """Lines moving ``p`` past one value of type ``t`` while checking it as strictly as reading
-        would (union and enum indices, lengths, UTF-8, logical types), so that a projected read
-        rejects exactly the bytes a full read rejects."""
-        if depth > _MAX_DEPTH:
-            raise _Unsupported("schema nested too deeply")
-        if isinstance(t, str):
-            if t == "null":
-                return []
-            if t == "boolean":
-                return [f"{ind}if b[p] > 1:", f"{ind}    raise _Bad('bool')", f"{ind}p += 1"]
-            if t in ("int", "long"):
-                return [f"{ind}p = p + 1 if b[p] < 0x80 else _vend(b, p).end()"]
-            if t == "float":
-                return [f"{ind}p += 4"]
-            if t == "double":
-                return [f"{ind}p += 8"]
-            if t in ("string", "bytes"):
-                n = self.tmp("n")
-                lines = self.long(n, ind)
-                lines += [f"{ind}if {n} < 0 or p + {n} > len(b):", f"{ind}    raise _Bad('bad length')"]
-                if t == "string":
-                    lines.append(f"{ind}b[p:p + {n}].decode()")
-                return [*lines, f"{ind}p += {n}"]
-            return self.skip(self.resolve(t), ind, depth + 1)
-        if isinstance(t, list):
-            if not t:
-                raise _Unsupported("empty union")
-            x = self.tmp("u")
-            lines = [f"{ind}{x} = b[p]", f"{ind}p += 1"]
-            for i, branch in enumerate(t):
-                if 2 * i > 0x7F:
-                    raise _Unsupported("union too wide")
-                body = self.skip(branch, ind + "    ", depth + 1) or [f"{ind}    pass"]
-                lines += [f"{ind}{'if' if i == 0 else 'elif'} {x} == {2 * i}:", *body]
-            return [*lines, f"{ind}else:", f"{ind}    raise _Bad('union index')"]
-        if not isinstance(t, dict):
-            raise _Unsupported(f"schema node {t!r}")
-        kind = t.get("type")
-        lt = t.get("logicalType")
-        if lt and isinstance(kind, str) and LOGICAL_READERS.get(f"{kind}-{lt}") is not None:
-            return self.read(t, self.tmp("x"), ind, depth)  # converted (and discarded): it may raise
-        if kind in ("record", "error"):
-            return [f"{ind}p = {self.record_skipper(t, depth + 1)}(b, p)"]
-        if kind == "enum":
-            n = self.tmp("x")
-            count = len(t.get("symbols", ()))
-            return [*self.long(n, ind), f"{ind}if {n} < 0 or {n} >= {count}:", f"{ind}    raise _Bad('enum')"]
-        if kind == "fixed":
-            size = t.get("size")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise _Unsupported("fixed without a size")
-            return [f"{ind}p += {size}"]
-        if kind in ("array", "map"):
-            n, i = self.tmp("c"), self.tmp("i")
-            ind2, ind3 = ind + "    ", ind + "        "
-            lines = [f"{ind}while True:", *self.long(n, ind2),
-                     f"{ind2}if {n} == 0:", f"{ind2}    break", f"{ind2}if {n} < 0:", f"{ind2}    {n} = -{n}",
-                     *self.long(self.tmp("s"), ind2 + "    "), f"{ind2}for {i} in range({n}):"]
-            if kind == "map":
-                lines += self.skip("string", ind3, depth + 1)
-            body = self.skip(t.get("items" if kind == "array" else "values"), ind3, depth + 1)
-            return lines + (body or [f"{ind3}pass"])
-        if isinstance(kind, (str, list, dict)):
-            return self.skip(kind, ind, depth + 1)
-        raise _Unsupported(f"schema node {t!r}")
-
-    def record_skipper(self, t: dict[str, Any], depth: int) -> str:
-        key = ("skip", id(t))
-        if key in self.record_fn:
-            return self.record_fn[key]
-        fn = f"_s{len(self.record_fn)}"
-        self.record_fn[key] = fn
-        fields = t.get("fields")
-        if not isinstance(fields, list):
-            raise _Unsupported("record without fields")
-        saved = self._tmp
-        self._tmp = 0
-        body: list[str] = []
-        i = 0
-        while i < len(fields):
-            j = i
-            while j < len(fields) and _tagged_number(fields[j].get("type")) is not None:
-                j += 1
-            if j - i >= _MIN_RUN:
-                body += self.skip_run(fields[i:j], "    ")
-                i = j
-                continue
-            body += self.skip(fields[i].get("type"), "    ", depth + 1)
-            i += 1
-        self.functions.append([f"def {fn}(b, p):", *body, "    return p"])
-        self._tmp = saved
-        return fn
-
-    def skip_run(self, fields: list[dict[str, Any]], ind: str) -> list[str]:
-        """Skip a run of nullable float/double fields: all present (the tags read in one unpack that
-        skips the values), all null (one comparison), else field by field."""
-        specs = [_tagged_number(f.get("type")) for f in fields]
-        fmt = "<" + "".join("B" + "x" * (4 if s[0] == "f" else 8) for s in specs if s is not None)
-        size = struct.calcsize(fmt)
-        unpack = self.const(struct.Struct(fmt).unpack_from, "srun")
-        present = self.const(tuple(s[1] for s in specs if s is not None), "tags")
-        nulls = self.const(bytes(s[2] for s in specs if s is not None), "nulls")
-        k = len(fields)
-        lines = [f"{ind}if p + {size} <= len(b) and {unpack}(b, p) == {present}:", f"{ind}    p += {size}",
-                 f"{ind}elif b[p:p + {k}] == {nulls}:", f"{ind}    p += {k}", f"{ind}else:"]
-        for f in fields:
-            lines += self.skip(f.get("type"), ind + "    ", 1) or [f"{ind}    pass"]
         return lines
 
     def run(self, fields: list[dict[str, Any]], locals_: list[str], ind: str) -> list[str]:

@@ -18,12 +18,12 @@ import argparse
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker_plugin.cli import positive_int
+from broker_plugin.args import positive_int
 from broker_plugin.errors import ConfigError
 from broker_plugin.pipeline import INTERNAL_ERROR as _INTERNAL_ERROR
 from broker_plugin.pipeline import process_batch, settle_heap
@@ -84,11 +84,9 @@ def replay(
     file is created, so a usage error leaves nothing behind. ``progress`` None means "a tqdm bar
     when stderr is a terminal". Raises ConfigError for usage problems.
     """
-    from broker_plugin import __version__
     from broker_plugin.files.output import check_output_path, open_rejects, open_writer, rejects_path
     from broker_plugin.files.sources import iter_inputs
     from broker_plugin.models.annotate import Annotator, load_model_stage
-    from broker_plugin.photometry.features import FEATURE_VERSION
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -100,11 +98,7 @@ def replay(
 
     items = iter_inputs(inputs, on_skip=on_skip)  # raises ConfigError for a missing input now
     annotator = Annotator(load_model_stage(models))
-    metadata = {
-        "bal_broker.version": __version__,
-        "bal_broker.feature_version": FEATURE_VERSION,
-        "bal_broker.model_version": annotator.model_version,
-    }
+    metadata = _file_metadata(annotator.model_version)
     timings: Counter[str] = Counter()
     show = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(show)
@@ -134,26 +128,7 @@ def replay(
             timings["read"] += t1 - t0
             if not batch:
                 break
-            result.read += len(batch)
-
-            # Decode + annotate is shared with the streaming service (broker_plugin.pipeline).
-            readable = [i for i, item in enumerate(batch) if item.error is None]
-            processed = process_batch(annotator, [batch[i].data for i in readable])
-            # Rejects in the order they happen: read and decode per input item, then annotate.
-            failed = [(0, i, item.error, item.message, "read")
-                      for i, item in enumerate(batch) if item.error is not None]
-            failed += [(0 if r.stage == "decode" else 1, readable[r.index], r.reason, r.message, r.stage)
-                       for r in processed.rejects]
-            for _, i, reason, message, stage in sorted(failed, key=lambda f: (f[0], f[1])):
-                reject(batch[i].origin, reason, message, batch[i].data, stage)
-            records = processed.records
-            timings["decode"] += processed.decode_s
-            timings["annotate"] += processed.annotate_s
-            t3 = time.perf_counter()
-
-            writer.write(records)
-            result.annotated += len(records)
-            timings["write"] += time.perf_counter() - t3
+            _replay_batch(batch, annotator, writer, reject, result, timings)
             if bar is not None:
                 bar.update(len(batch))
         t_close = time.perf_counter()
@@ -172,6 +147,51 @@ def replay(
     result.candidates = annotator.candidates
     result.timings = {**dict(timings), **{f"annotate.{k}": v for k, v in annotator.timings.as_dict().items()}}
     return result
+
+
+#: ``reject(origin, reason, message, data, stage)``: record one input that produced no output record.
+RejectFn = Callable[[str, str, str, bytes, str], None]
+
+
+def _file_metadata(model_version: str) -> dict[str, str]:
+    """Key/value metadata stamped into the output file, so a file says which code and models made it."""
+    from broker_plugin import __version__
+    from broker_plugin.photometry.features import FEATURE_VERSION
+
+    return {
+        "bal_broker.version": __version__,
+        "bal_broker.feature_version": FEATURE_VERSION,
+        "bal_broker.model_version": model_version,
+    }
+
+
+def _replay_batch(batch: list[Any], annotator: Any, writer: Any, reject: RejectFn, result: ReplayResult,
+                  timings: Counter[str]) -> None:
+    """Decode, annotate and write one read batch, rejecting what produces no record.
+
+    Split out of :func:`replay` so the run's setup and teardown (validation, opening and aborting
+    the outputs) read apart from the per-batch work; it runs once per batch, not per alert.
+    """
+    result.read += len(batch)
+
+    # Decode + annotate is shared with the streaming service (broker_plugin.pipeline).
+    readable = [i for i, item in enumerate(batch) if item.error is None]
+    processed = process_batch(annotator, [batch[i].data for i in readable])
+    # Rejects in the order they happen: read and decode per input item, then annotate.
+    failed = [(0, i, item.error, item.message, "read")
+              for i, item in enumerate(batch) if item.error is not None]
+    failed += [(0 if r.stage == "decode" else 1, readable[r.index], r.reason, r.message, r.stage)
+               for r in processed.rejects]
+    for _, i, reason, message, stage in sorted(failed, key=lambda f: (f[0], f[1])):
+        reject(batch[i].origin, reason, message, batch[i].data, stage)
+    records = processed.records
+    timings["decode"] += processed.decode_s
+    timings["annotate"] += processed.annotate_s
+    t3 = time.perf_counter()
+
+    writer.write(records)
+    result.annotated += len(records)
+    timings["write"] += time.perf_counter() - t3
 
 
 def _take(it: Any, n: int) -> list[Any]:

@@ -4,8 +4,9 @@ Why a batch API: features and ONNX inference are vectorised, so the per-alert Py
 to building the output dict. Replay and the streaming service both call
 :meth:`Annotator.annotate_batch`, so a file replay and the Kafka service produce identical records.
 
-The model stage plugs in through :class:`ModelStage` (``predict(features, alerts) ->
-Predictions``; :class:`broker_plugin.models.inference.BundleStage` on a model bundle, wired by
+The model stage plugs in through :class:`~broker_plugin.models.predictions.ModelStage`
+(``predict(features, alerts) -> Predictions``, both defined in :mod:`broker_plugin.models.predictions`
+and re-exported here; :class:`broker_plugin.models.inference.BundleStage` on a model bundle, wired by
 :func:`load_model_stage`); without one every record says so (``model_version: "none"``, flag
 ``no_model_bundle``, null probabilities, ``is_candidate: false``) instead of inventing scores.
 
@@ -20,50 +21,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from broker_plugin.alert import Alert
 from broker_plugin.errors import ConfigError
+from broker_plugin.models.bundle import MANIFEST, ModelBundle, default_bundle_path
+from broker_plugin.models.inference import BundleStage
+from broker_plugin.models.predictions import ModelStage, Predictions
 from broker_plugin.photometry.features import FEATURE_NAMES, compute_features_batch, features_to_dict
+
+__all__ = ["NO_MODEL_FLAG", "NO_MODEL_VERSION", "Annotator", "ModelStage", "Predictions", "StageTimings",
+           "check_alert", "load_model_stage"]
 
 #: ``model_version`` of records annotated without a model bundle.
 NO_MODEL_VERSION = "none"
 #: Flag added to every record annotated without a model bundle.
 NO_MODEL_FLAG = "no_model_bundle"
-
-
-@dataclass
-class Predictions:
-    """What a model stage returns for a batch of n alerts, aligned with the input order.
-
-    Probabilities and scores are float arrays of shape (n,) with NaN meaning null (too few points,
-    no known spectrum, ...); ``flags`` optionally adds per-alert reason flags.
-    """
-
-    bal_lc_prob: np.ndarray
-    bal_fusion_prob: np.ndarray
-    candidate_score: np.ndarray
-    is_candidate: np.ndarray
-    flags: list[list[str]] | None = None
-
-    def __len__(self) -> int:
-        return int(self.bal_lc_prob.shape[0])
-
-
-class ModelStage(Protocol):
-    """The interface the model bundle's inference side implements (wired by the bundle owner).
-
-    ``features`` is the (n, len(FEATURE_NAMES)) float64 matrix in FEATURE_NAMES order with NaN
-    for missing values; ``alerts`` gives the context (position for spectral cross-match, meta for
-    the ranking head, cutouts). ``version`` becomes each record's ``model_version``.
-    """
-
-    @property
-    def version(self) -> str: ...
-
-    def predict(self, features: np.ndarray, alerts: Sequence[Alert]) -> Predictions: ...
 
 
 def load_model_stage(path: str | Path | None, *, candidate_threshold: float | None = None) -> ModelStage | None:
@@ -77,9 +52,6 @@ def load_model_stage(path: str | Path | None, *, candidate_threshold: float | No
     the CLI -- rather than annotate with a model that does not fit this code.
     ``candidate_threshold`` overrides the manifest's default decision threshold.
     """
-    from broker_plugin.models.bundle import MANIFEST, ModelBundle, default_bundle_path
-    from broker_plugin.models.inference import BundleStage
-
     if path is None:
         default = default_bundle_path()
         if not (default / MANIFEST).is_file():

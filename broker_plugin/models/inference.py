@@ -65,8 +65,8 @@ import numpy as np
 from broker_plugin.alert import FEATURE_BANDS, Alert, LightCurve
 from broker_plugin.errors import BundleError
 from broker_plugin.models import scoring
-from broker_plugin.models.annotate import Predictions
 from broker_plugin.models.bundle import ModelBundle, sha256_file
+from broker_plugin.models.predictions import Predictions
 from broker_plugin.photometry.cutouts import CHANNELS, SIZE
 from broker_plugin.photometry.features import FEATURE_NAMES, MIN_POINTS_LC
 

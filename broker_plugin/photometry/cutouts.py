@@ -49,48 +49,66 @@ Decisions, and why:
   the per-alert arithmetic in the same dtypes (see :func:`_stack_global_group`), and tests check
   that the tensors and flags equal :func:`cutout_tensor`'s bit for bit on real, synthetic and
   hand-made edge-case alerts: the encoder sees the same numbers whichever path built them.
+
+Layout: this module decodes stamps (gzip inflate, the memoised fast header path) and builds batches;
+the FITS format itself (cards, astropy fallback, :func:`encode_stamp`) is in
+:mod:`~broker_plugin.photometry.stamp_fits` and the one-alert tensor (:func:`stack_stamps`, the
+size/channel/normalisation constants) in :mod:`~broker_plugin.photometry.cutout_stack`; their
+public names are re-exported here, where callers import them.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from types import ModuleType
-from typing import Literal, NamedTuple
 
 import numpy as np
 
 from broker_plugin.alert import CUTOUT_KINDS
-from broker_plugin.errors import BalBrokerError
+from broker_plugin.photometry.cutout_stack import (
+    ASINH_SOFTENING,
+    CHANNEL_NAMES,
+    CHANNELS,
+    NORMS,
+    SIZE,
+    Norm,
+    stack_stamps,
+)
+from broker_plugin.photometry.stamp_fits import (
+    _BLOCK,
+    CutoutError,
+    _decode_astropy,
+    _Layout,
+    _parse_layout,
+    encode_stamp,
+)
+
+__all__ = [
+    "ASINH_SOFTENING",
+    "CHANNELS",
+    "CHANNEL_NAMES",
+    "HEADER_CACHE_MAX",
+    "MAX_STAMP_BYTES",
+    "NORMS",
+    "SIZE",
+    "CutoutError",
+    "Norm",
+    "cutout_batch",
+    "cutout_tensor",
+    "decode_stamp",
+    "encode_stamp",
+    "stack_stamps",
+]
 
 try:  # ISA-L's inflate is ~1.6x faster than zlib's on stamps; optional, zlib is the reference
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - depends on the environment
     _isal_zlib = None
 
-#: Side of the square tensor, in pixels (see the module docstring for why 32).
-SIZE: int = 32
-#: science, template, difference, invalid-pixel fraction.
-CHANNELS: int = 4
-CHANNEL_NAMES: tuple[str, ...] = (*CUTOUT_KINDS, "invalid")
-#: Softening of the asinh stretch, in units of the tensor's noise scale: pixels within about one
-#: sigma stay linear, bright sources are compressed logarithmically (a 1000-sigma star maps to ~7.6).
-ASINH_SOFTENING: float = 1.0
 #: Guard against a decompression bomb on the hot path: no real stamp comes near this.
 MAX_STAMP_BYTES: int = 16 * 1024 * 1024
-
-Norm = Literal["global", "per_image"]
-NORMS: tuple[str, ...] = ("global", "per_image")
-
-_BLOCK = 2880
-_CARD = 80
 _GZIP_MAGIC = b"\x1f\x8b"
-_BITPIX_DTYPES: dict[int, str] = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-# Header keywords whose presence means the primary HDU is not a plain image we can read ourselves.
-_UNUSUAL_KEYS = frozenset({"GROUPS", "ZIMAGE", "ZBITPIX", "PCOUNT", "GCOUNT", "XTENSION"})
 #: The accelerated inflater tried first (``isal.isal_zlib`` when installed, else None: zlib only).
 #: A module attribute so that tests can force the plain-zlib path.
 _fast_inflate: ModuleType | None = _isal_zlib
@@ -103,14 +121,8 @@ _PLAIN_GZIP_START = b"\x1f\x8b\x08\x00"
 HEADER_CACHE_MAX: int = 512
 
 
-class CutoutError(BalBrokerError):
-    """A stamp's bytes are not a readable 2-D FITS image (not gzip/FITS, truncated, no image)."""
-
-    reason = "bad_cutout"
-
-
 # --------------------------------------------------------------------------------------------------
-# Decoding and encoding single stamps
+# Decoding single stamps
 # --------------------------------------------------------------------------------------------------
 
 
@@ -138,6 +150,7 @@ def _gunzip(data: bytes) -> bytes:
     return _gunzip_zlib(data)
 
 
+
 def _gunzip_zlib(data: bytes) -> bytes:
     """The reference inflater: zlib, capped at MAX_STAMP_BYTES, truncation is an error."""
     try:
@@ -150,81 +163,6 @@ def _gunzip_zlib(data: bytes) -> bytes:
     except zlib.error as exc:
         raise CutoutError(f"stamp is not valid gzip: {exc}") from exc
     return out
-
-
-def _parse_value(raw: str) -> str | int | float | bool | None:
-    """Value of a fixed- or free-format FITS card (ZTF writes ``SIMPLE  =  T``, not column 30)."""
-    raw = raw.strip()
-    if raw.startswith("'"):
-        end = raw.find("'", 1)
-        while end != -1 and raw[end + 1 : end + 2] == "'":  # doubled quote inside a string
-            end = raw.find("'", end + 2)
-        return raw[1:end].rstrip() if end != -1 else raw[1:].rstrip()
-    raw = raw.split("/", 1)[0].strip()
-    if raw == "T":
-        return True
-    if raw == "F":
-        return False
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        pass
-    try:
-        return float(raw.replace("D", "E"))
-    except ValueError:
-        return raw
-
-
-def _read_primary_header(buf: bytes) -> tuple[dict[str, str | int | float | bool | None], int] | None:
-    """Cards of the primary header and the data offset, or None if there is no END card."""
-    header: dict[str, str | int | float | bool | None] = {}
-    n = len(buf)
-    pos = 0
-    while pos + _CARD <= n:
-        card = buf[pos : pos + _CARD]
-        pos += _CARD
-        key = card[:8].rstrip()
-        if key == b"END":
-            return header, -(-pos // _BLOCK) * _BLOCK
-        if card[8:10] == b"= " or (card[8:9] == b"=" and key):
-            header[key.decode("ascii", "replace")] = _parse_value(card[10:].decode("ascii", "replace"))
-    return None
-
-
-class _Layout(NamedTuple):
-    """What the primary header says about reading the image (everything but the pixel bytes)."""
-
-    dtype: np.dtype
-    bitpix: int
-    n1: int
-    n2: int
-    offset: int
-    bscale: object  # as parsed: usually int/float; anything else makes the reader defer to astropy
-    bzero: object
-    blank: object
-
-
-def _parse_layout(buf: bytes) -> tuple[_Layout | None, bool]:
-    """Parse the primary header: its layout (None: "unusual, ask astropy"), and whether the END
-    card lies within the first 2880 bytes (so that the result depends on those bytes only)."""
-    parsed = _read_primary_header(buf)
-    if parsed is None:
-        return None, False  # no END card: the answer depends on the whole buffer
-    header, offset = parsed
-    in_first_block = offset <= _BLOCK
-    if header.get("SIMPLE") is not True or header.get("NAXIS") != 2 or _UNUSUAL_KEYS & header.keys():
-        return None, in_first_block
-    bitpix, n1, n2 = header.get("BITPIX"), header.get("NAXIS1"), header.get("NAXIS2")
-    if bitpix not in _BITPIX_DTYPES or not isinstance(n1, int) or not isinstance(n2, int):
-        return None, in_first_block
-    if n1 <= 0 or n2 <= 0:
-        return None, in_first_block
-    dtype = np.dtype(_BITPIX_DTYPES[bitpix])  # type: ignore[index]
-    layout = _Layout(dtype, bitpix, n1, n2, offset,  # type: ignore[arg-type]
-                     header.get("BSCALE", 1.0), header.get("BZERO", 0.0), header.get("BLANK"))
-    return layout, in_first_block
 
 
 _HEADER_CACHE: dict[bytes, _Layout | None] = {}
@@ -253,6 +191,7 @@ def _header_layout(buf: bytes) -> _Layout | None:
     return layout
 
 
+
 def _decode_fast(buf: bytes) -> np.ndarray | None:
     """Read a plain primary 2-D image with numpy; None means "unusual, ask astropy"."""
     if not buf.startswith(b"SIMPLE"):
@@ -279,29 +218,6 @@ def _decode_fast(buf: bytes) -> np.ndarray | None:
     return out64.astype(np.float32)
 
 
-def _decode_astropy(buf: bytes) -> np.ndarray:
-    """The general reader: first HDU holding a 2-D image (compressed and extension images too)."""
-    from astropy.io import fits  # imported lazily: the fast path never needs it
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ZTF's free-format SIMPLE card triggers a VerifyWarning
-            with fits.open(io.BytesIO(buf), memmap=False, lazy_load_hdus=True) as hdul:
-                for hdu in hdul:
-                    data = hdu.data
-                    if data is None or not hasattr(data, "ndim"):
-                        continue
-                    arr = np.asarray(data)
-                    while arr.ndim > 2 and arr.shape[0] == 1:
-                        arr = arr[0]
-                    if arr.ndim == 2 and arr.size and arr.dtype.kind in "uif":
-                        return np.array(arr, dtype=np.float32)
-    except CutoutError:
-        raise
-    except Exception as exc:  # astropy raises many types (OSError, ValueError, TypeError...)
-        raise CutoutError(f"stamp is not a readable FITS image: {exc}") from exc
-    raise CutoutError("FITS stamp holds no 2-D image")
-
 
 def decode_stamp(data: bytes, *, fast: bool = True) -> np.ndarray:
     """Decode one stamp (gzipped or plain FITS) to a 2-D float32 array, NaN where undefined.
@@ -326,147 +242,9 @@ def decode_stamp(data: bytes, *, fast: bool = True) -> np.ndarray:
     return _decode_astropy(buf)
 
 
-def _card(key: str, value: str) -> bytes:
-    return f"{key:<8}= {value:>20}".ljust(_CARD).encode("ascii")
-
-
-def encode_stamp(arr: np.ndarray, *, compress: bool = True) -> bytes:
-    """Encode a 2-D image as a (gzipped) single-HDU BITPIX -32 FITS file, like a ZTF stamp.
-
-    Written by hand (standard fixed-format cards, big-endian float32, 2880-byte blocks) because
-    the synthetic packet writer calls it thousands of times; ``mtime=0`` keeps the bytes
-    deterministic for a given array.
-    """
-    a = np.asarray(arr)
-    if a.ndim != 2 or a.size == 0:
-        raise ValueError(f"encode_stamp needs a non-empty 2-D array, got shape {a.shape}")
-    cards = [
-        _card("SIMPLE", "T"),
-        _card("BITPIX", "-32"),
-        _card("NAXIS", "2"),
-        _card("NAXIS1", str(a.shape[1])),
-        _card("NAXIS2", str(a.shape[0])),
-        "BUNIT   = 'DN      '".ljust(_CARD).encode("ascii"),
-        b"END".ljust(_CARD),
-    ]
-    header = b"".join(cards)
-    header += b" " * (-len(header) % _BLOCK)
-    body = np.ascontiguousarray(a, dtype=">f4").tobytes()
-    body += b"\x00" * (-len(body) % _BLOCK)
-    out = header + body
-    return gzip.compress(out, compresslevel=6, mtime=0) if compress else out
-
-
 # --------------------------------------------------------------------------------------------------
-# Stamps -> tensor
+# Alerts -> tensors
 # --------------------------------------------------------------------------------------------------
-
-
-def _place(img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Centre-crop or zero-pad to ``size`` (pixel H//2 -> size//2).
-
-    Returns the image (0 outside the stamp and at non-finite pixels), the valid-pixel mask, and
-    whether any pixel inside the kept region was non-finite (padding alone is not flagged: Rubin
-    cutouts are natively smaller than 32 px).
-    """
-    out = np.zeros((size, size), dtype=np.float32)
-    valid = np.zeros((size, size), dtype=bool)
-    if img.ndim != 2:
-        return out, valid, False
-    h, w = img.shape
-    oy, ox = size // 2 - h // 2, size // 2 - w // 2
-    y0, y1 = max(0, -oy), min(h, size - oy)
-    x0, x1 = max(0, -ox), min(w, size - ox)
-    has_bad = False
-    if y1 > y0 and x1 > x0:
-        src = img[y0:y1, x0:x1]
-        fin = np.isfinite(src)
-        valid[y0 + oy : y1 + oy, x0 + ox : x1 + ox] = fin
-        has_bad = not fin.all()
-        out[y0 + oy : y1 + oy, x0 + ox : x1 + ox] = np.where(fin, src, 0.0) if has_bad else src
-    return out, valid, has_bad
-
-
-def _background_and_sigma(values: np.ndarray) -> tuple[float, float]:
-    """Sky level (median) and Gaussian-equivalent noise (IQR / 1.349) from one partition.
-
-    Quartiles rather than mean/std so that the source itself, a host galaxy covering up to a
-    quarter of the crop, or a cosmic ray, does not set the scale; a single ``np.partition`` call
-    because ``np.median`` twice per image cost more than decoding on the hot path. Falls back to
-    the standard deviation when the quartiles coincide (quantised or nearly constant images).
-    """
-    n = values.size
-    if n == 0:
-        return 0.0, 0.0
-    k25, k50, k75 = (n - 1) // 4, (n - 1) // 2, (3 * (n - 1)) // 4
-    part = np.partition(values, (k25, k50, k75))
-    bg = float(part[k50])
-    sigma = float(part[k75] - part[k25]) / 1.349
-    if not sigma > 0:
-        sigma = float(np.std(values))
-    return bg, sigma
-
-
-def stack_stamps(
-    images: Mapping[str, np.ndarray | None], size: int = SIZE, norm: Norm = "global"
-) -> tuple[np.ndarray, list[str]]:
-    """Build the ``(CHANNELS, size, size)`` tensor from already decoded images.
-
-    Shared by the runtime (after :func:`decode_stamp`) and by training (synthetic arrays), so both
-    see exactly the same cropping, normalisation and masking. A ``None`` image gives a zero channel
-    and a full invalid mask; the caller adds the flag saying why.
-
-    ``"global"`` divides every image by one scale, the median of the three images' noise levels
-    (for ZTF and Rubin that is the science/difference noise, the template being a deeper coadd),
-    so relative amplitudes between the images survive; ``"per_image"`` uses each image's own.
-    """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    n_img = len(CUTOUT_KINDS)
-    tensor = np.zeros((CHANNELS, size, size), dtype=np.float32)
-    invalid = np.full((size, size), float(n_img), dtype=np.float32)
-    valids: list[np.ndarray | None] = []
-    sigmas: list[float] = []
-    flags: list[str] = []
-    for c, kind in enumerate(CUTOUT_KINDS):
-        img = images.get(kind)
-        if img is None:
-            valids.append(None)
-            sigmas.append(0.0)
-            continue
-        placed, valid, has_bad = _place(np.asarray(img, dtype=np.float32), size)
-        if has_bad:
-            flags.append(f"cutout_nan_{kind}")
-        bg, sigma = _background_and_sigma(placed[valid])
-        placed -= np.float32(bg)  # this image's own sky background
-        tensor[c] = placed
-        valids.append(valid)
-        sigmas.append(sigma)
-        invalid -= valid
-
-    good = [s for s, v in zip(sigmas, valids, strict=True) if v is not None and s > 0]
-    if norm == "global":
-        good.sort()  # median of at most three values; np.median costs ~20 us of overhead here
-        m = len(good)
-        scale = (good[m // 2] if m % 2 else 0.5 * (good[m // 2 - 1] + good[m // 2])) if m else 1.0
-        scales = [scale] * n_img
-        if not good and any(v is not None and v.any() for v in valids):
-            flags.append("cutout_flat")
-    else:
-        scales = []
-        for kind, s, v in zip(CUTOUT_KINDS, sigmas, valids, strict=True):
-            if v is not None and v.any() and not s > 0:
-                flags.append(f"cutout_flat_{kind}")
-            scales.append(s if s > 0 else 1.0)
-
-    for c, v in enumerate(valids):
-        if v is None:
-            continue
-        ch = np.arcsinh(tensor[c] * np.float32(1.0 / (ASINH_SOFTENING * scales[c])))
-        ch[~v] = 0.0
-        tensor[c] = ch
-    tensor[n_img] = invalid * np.float32(1.0 / n_img)
-    return tensor, flags
 
 
 def _decode_stamps(cutouts: Mapping[str, bytes | None]) -> tuple[dict[str, np.ndarray | None], list[str]]:
@@ -487,6 +265,7 @@ def _decode_stamps(cutouts: Mapping[str, bytes | None]) -> tuple[dict[str, np.nd
     return images, flags
 
 
+
 def cutout_tensor(
     cutouts: Mapping[str, bytes | None], size: int = SIZE, norm: Norm = "global"
 ) -> tuple[np.ndarray, list[str]]:
@@ -499,6 +278,7 @@ def cutout_tensor(
     images, flags = _decode_stamps(cutouts)
     tensor, more = stack_stamps(images, size=size, norm=norm)
     return tensor, flags + more
+
 
 
 def _stack_global_group(
@@ -563,6 +343,7 @@ def _stack_global_group(
             invalid -= valid
         out[rows[sel], n_img] = invalid * np.float32(1.0 / n_img)
     return np.flatnonzero(~ok)
+
 
 
 def cutout_batch(

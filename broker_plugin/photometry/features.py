@@ -61,19 +61,44 @@ rule, the DRW/SF estimator, or a ``light-curve`` upgrade that changes an extract
 change that leaves every output bit-identical (a speed-up, a refactor) keeps the version;
 ``tests/test_features.py`` pins reference values to catch accidental changes.  A model is valid only
 for the exact version it was trained with.
+
+Layout: the names, descriptions, flags and version live in
+:mod:`broker_plugin.photometry.feature_names` and the per-band cleaning in
+:mod:`broker_plugin.photometry.feature_clean` (both re-exported here); this module holds the
+extractors that compute the features.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import light_curve as lc
 import numpy as np
 from scipy.special import gammainc
 
 from broker_plugin.alert import FEATURE_BANDS, LightCurve
+from broker_plugin.photometry.feature_clean import (
+    _FLAG,
+    ERR_FLOOR,
+    ERR_MAX,
+    MAG_ABS_MAX,
+    MJD_ABS_MAX,
+    _Band,
+    _clean_band,
+)
+from broker_plugin.photometry.feature_names import (
+    BAND_FEATURE_DESCRIPTIONS,
+    BAND_FEATURES,
+    COLOR_FEATURE_DESCRIPTIONS,
+    COLOR_FEATURES,
+    FEATURE_DESCRIPTIONS,
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    FLAG_DESCRIPTIONS,
+    MIN_POINTS_LC,
+)
 from broker_plugin.photometry.variability import (
     STATUS_DRW_FAILED,
     STATUS_NO_VARIABILITY,
@@ -84,83 +109,28 @@ from broker_plugin.photometry.variability import (
     variability_features_many,
 )
 
-#: Version of the feature definitions (see the module docstring for the bump rule).
-FEATURE_VERSION: str = "1.0"
+__all__ = [
+    "BAND_FEATURES",
+    "BAND_FEATURE_DESCRIPTIONS",
+    "COLOR_FEATURES",
+    "COLOR_FEATURE_DESCRIPTIONS",
+    "ERR_FLOOR",
+    "ERR_MAX",
+    "FEATURE_DESCRIPTIONS",
+    "FEATURE_NAMES",
+    "FEATURE_VERSION",
+    "FLAG_DESCRIPTIONS",
+    "MAG_ABS_MAX",
+    "MIN_POINTS_LC",
+    "MJD_ABS_MAX",
+    "FeatureVector",
+    "compute_features",
+    "compute_features_batch",
+    "features_to_dict",
+]
 
-#: Per-band features, in order, with what each measures (units: mag, days).
-BAND_FEATURE_DESCRIPTIONS: dict[str, str] = {
-    "mean_mag": "error-weighted mean magnitude (light-curve WeightedMean)",
-    "amplitude": "half of max - min magnitude",
-    "std": "standard deviation of the magnitudes (N-1)",
-    "mad": "median absolute deviation from the median magnitude",
-    "ipr_10_90": "inter-percentile range, 90th minus 10th percentile magnitude",
-    "skew": "sample skewness G1 of the magnitudes",
-    "kurtosis": "sample excess kurtosis G2 of the magnitudes",
-    "beyond_1_std": "fraction of points more than 1 std from the mean",
-    "excess_variance": "(std^2 - mean(err^2)) / mean(mag)^2 (light-curve ExcessVariance, Sanchez+2017 form)",
-    "reduced_chi2": "chi2 / (N-1) about the weighted mean",
-    "pvar": "probability of variability: P((N-1)/2, chi2/2), the regularised lower incomplete gamma "
-    "function (1 minus the chi2 false-alarm probability; McLaughlin+1996)",
-    "eta_e": "von Neumann eta for uneven sampling (light-curve EtaE; cadence dependent)",
-    "stetson_k": "Stetson K kurtosis-like shape index",
-    "linear_trend": "slope of a least-squares straight line, mag/day",
-    "time_span": "last minus first time of the band, days",
-    "drw_tau": "damped-random-walk time scale, days, observed frame, clipped to [1, 1e4]",
-    "drw_sf_inf": "damped-random-walk asymptotic structure function SF_inf, mag",
-    "sf_amp": "structure-function power-law amplitude A: SF at a lag of 1 yr (observed frame), mag",
-    "sf_slope": "structure-function power-law index gamma in SF = A (dt / 1 yr)^gamma",
-}
-BAND_FEATURES: tuple[str, ...] = tuple(BAND_FEATURE_DESCRIPTIONS)
 
-#: Colour features (from the first two FEATURE_BANDS, g - r).
-COLOR_FEATURE_DESCRIPTIONS: dict[str, str] = {
-    "mean_color": "difference of the error-weighted mean magnitudes",
-    "max_color": "difference of the brightest (minimum) magnitudes (colour at maximum, ALeRCE g-r_max)",
-}
 
-_C1, _C2 = FEATURE_BANDS[0], FEATURE_BANDS[1]
-COLOR_FEATURES: tuple[str, ...] = tuple(f"{_C1}_{_C2}_{name}" for name in COLOR_FEATURE_DESCRIPTIONS)
-
-#: The ordered feature names: the single definition every consumer uses.
-FEATURE_NAMES: tuple[str, ...] = (
-    *(f"{band}_{name}" for band in FEATURE_BANDS for name in BAND_FEATURES),
-    *COLOR_FEATURES,
-)
-
-#: Human-readable description of every feature, by name (for manifests, reports and docs).
-FEATURE_DESCRIPTIONS: dict[str, str] = {
-    **{f"{band}_{k}": v for band in FEATURE_BANDS for k, v in BAND_FEATURE_DESCRIPTIONS.items()},
-    **{f"{_C1}_{_C2}_{k}": f"{_C1} - {_C2}: {v}" for k, v in COLOR_FEATURE_DESCRIPTIONS.items()},
-}
-
-#: Minimum usable points for the light-curve statistics other than mean_mag and time_span.
-MIN_POINTS_LC: int = 5
-#: Error clipping, mag: keeps weights 1/err^2 finite and stops absurd errors from dominating.
-ERR_FLOOR: float = 1e-3
-ERR_MAX: float = 10.0
-#: Points with |mag| or |mjd| at or above these are skipped as corrupt.
-MAG_ABS_MAX: float = 100.0
-MJD_ABS_MAX: float = 1e7
-
-FLAG_DESCRIPTIONS: dict[str, str] = {
-    "{b}_missing": "no usable point in band b: all its features are null",
-    "{b}_too_few_points": f"fewer than {MIN_POINTS_LC} usable points: variability statistics null",
-    "{b}_too_short_for_drw": "too few points or too short a span for the DRW/SF features",
-    "{b}_drw_fit_failed": "too few populated lag bins for the DRW fit",
-    "{b}_drw_no_variability": "no variance above the noise: drw_sf_inf = 0, drw_tau null",
-    "{b}_drw_tau_at_bound": "best DRW tau at the edge of [1, 1e4] days: unconstrained",
-    "{b}_sf_fit_failed": "too few lag bins with SF above noise for the power law",
-    "{b}_points_dropped": "points with non-finite or absurd time/magnitude were skipped",
-    "{b}_unsorted": "times were not sorted (sorted here)",
-    "{b}_duplicate_times": "repeated times: the first point of each was kept",
-    "{b}_errors_imputed": "some errors invalid: replaced by the band's median valid error",
-    "{b}_no_errors": "no valid error: error-weighted statistics null",
-    "{b}_bad_input": "arrays not numeric or of unequal length (truncated to the shortest)",
-    "{b}_mags_diff": "magnitudes are difference-image photometry, not apparent magnitudes",
-    "{b}_mags_mixed": "magnitudes mix apparent and difference-image photometry",
-    "{b}_nonfinite_features": "a computed value overflowed and was set to null",
-    "color_kind_mismatch": "the bands hold different kinds of magnitudes: colours null",
-}
 
 
 class FeatureVector(NamedTuple):
@@ -228,29 +198,6 @@ _NEED_MIN_LC = np.array(
 _NEED_ERRORS = np.array([_BI[k] for k in ("excess_variance", "reduced_chi2", "pvar")], dtype=np.intp)
 _I_COLOR = _N_BANDS * _PER_BAND  # first colour column
 
-# Flag strings built once (the hot path only picks them).
-_FLAG = {
-    (band, key): f"{band}_{key}"
-    for band in FEATURE_BANDS
-    for key in (
-        "missing",
-        "too_few_points",
-        "too_short_for_drw",
-        "drw_fit_failed",
-        "drw_no_variability",
-        "drw_tau_at_bound",
-        "sf_fit_failed",
-        "points_dropped",
-        "unsorted",
-        "duplicate_times",
-        "errors_imputed",
-        "no_errors",
-        "bad_input",
-        "mags_diff",
-        "mags_mixed",
-        "nonfinite_features",
-    )
-}
 _STATUS_FLAGS = (
     (STATUS_TOO_SHORT, "too_short_for_drw"),
     (STATUS_DRW_FAILED, "drw_fit_failed"),
@@ -263,93 +210,6 @@ _EMPTY = np.empty(0, dtype=np.float64)
 _MANY_MIN_CURVES = 64
 
 
-class _Band(NamedTuple):
-    t: np.ndarray
-    m: np.ndarray
-    e: np.ndarray
-    mag_min: float
-    errors_ok: bool
-    kind: str
-
-
-def _as_array(x: Any) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
-
-
-def _clean_band(curve: LightCurve | None, band: str, flags: list[str]) -> _Band | None:
-    """Usable points of one band (see the module docstring), or None when there are none.
-
-    A fast path of a few whole-array reductions handles clean input (the normal case) without
-    building masks; anything odd falls through to the careful path.
-    """
-    if curve is None:
-        flags.append(_FLAG[band, "missing"])
-        return None
-    try:
-        t = _as_array(curve.mjd)
-        m = _as_array(curve.mag)
-        e = _as_array(curve.mag_err)
-        kind = str(getattr(curve, "kind", "diff"))
-    except (TypeError, ValueError, AttributeError):
-        flags.append(_FLAG[band, "bad_input"])
-        flags.append(_FLAG[band, "missing"])
-        return None
-    n = t.shape[0]
-    if m.shape[0] != n or e.shape[0] != n:
-        flags.append(_FLAG[band, "bad_input"])
-        n = min(n, m.shape[0], e.shape[0])
-        t, m, e = t[:n], m[:n], e[:n]
-    if kind != "dc":
-        key = "mags_mixed" if kind == "mixed" else "mags_diff"
-        flags.append(_FLAG[band, key])
-    if n == 0:
-        flags.append(_FLAG[band, "missing"])
-        return None
-
-    mag_min = m.min()
-    mag_max = m.max()
-    ok = mag_min > -MAG_ABS_MAX and mag_max < MAG_ABS_MAX and -MJD_ABS_MAX < t[0] < MJD_ABS_MAX
-    if ok and n > 1:
-        ok = bool((t[1:] > t[:-1]).all()) and -MJD_ABS_MAX < t[-1] < MJD_ABS_MAX
-    if not ok:  # careful path: drop bad points, sort, de-duplicate
-        good = np.isfinite(t) & np.isfinite(m) & (np.abs(t) < MJD_ABS_MAX) & (np.abs(m) < MAG_ABS_MAX)
-        if not good.all():
-            flags.append(_FLAG[band, "points_dropped"])
-            t, m, e = t[good], m[good], e[good]
-        if t.shape[0] > 1 and not (t[1:] > t[:-1]).all():
-            if not (t[1:] >= t[:-1]).all():
-                flags.append(_FLAG[band, "unsorted"])
-                order = np.argsort(t, kind="stable")
-                t, m, e = t[order], m[order], e[order]
-            first = np.empty(t.shape[0], dtype=bool)
-            first[0] = True
-            np.not_equal(t[1:], t[:-1], out=first[1:])
-            if not first.all():
-                flags.append(_FLAG[band, "duplicate_times"])
-                t, m, e = t[first], m[first], e[first]
-        n = t.shape[0]
-        if n == 0:
-            flags.append(_FLAG[band, "missing"])
-            return None
-        mag_min = m.min()
-
-    errors_ok = True
-    e_min = e.min()
-    e_max = e.max()
-    if not (e_min > 0.0 and e_max < np.inf):  # NaN fails both comparisons
-        valid = np.isfinite(e) & (e > 0.0)
-        if valid.any():
-            flags.append(_FLAG[band, "errors_imputed"])
-            e = np.where(valid, e, np.median(e[valid]))
-        else:
-            flags.append(_FLAG[band, "no_errors"])
-            errors_ok = False
-            e = np.full(n, ERR_FLOOR)
-        e_min = e.min()
-        e_max = e.max()
-    if e_min < ERR_FLOOR or e_max > ERR_MAX:
-        e = np.clip(e, ERR_FLOOR, ERR_MAX)
-    return _Band(t, m, e, float(mag_min), errors_ok, kind)
 
 
 def _extract_lc(curves: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n_jobs: int) -> np.ndarray:

@@ -15,7 +15,9 @@ under 200 microseconds per alert.  A likelihood fit needs a sequential Kalman re
 solve per trial ``tau``; the structure function needs only one vectorised pass over the point pairs,
 after which every trial ``tau`` is evaluated on ~24 lag bins.  The recipe, all in numpy and
 vectorised across many light curves at once (so that the batch API used by training and the
-per-alert API used by the service run the very same arithmetic):
+per-alert API used by the service run the very same arithmetic; the one-curve helpers
+:func:`~broker_plugin.photometry.variability_curves.fit_drw` and friends, and the DRW simulator,
+are in :mod:`broker_plugin.photometry.variability_curves`):
 
 1. All pairs ``i < j`` of a light curve (a fixed subset of :data:`MAX_PAIRS` pairs, all close
    neighbours plus seeded random distant pairs, when a light curve has more than
@@ -106,22 +108,6 @@ _LOG10_REF: float = float(np.log10(SF_REF_LAG_DAYS))
 
 #: Column order of the arrays returned by :func:`variability_features_many`.
 VARIABILITY_COLUMNS: tuple[str, ...] = ("drw_tau", "drw_sf_inf", "sf_amp", "sf_slope")
-
-
-class DRWFit(NamedTuple):
-    """Result of :func:`fit_drw` for one light curve (NaN where undefined; see ``status``)."""
-
-    tau: float
-    sf_inf: float
-    status: int
-
-
-class StructureFunction(NamedTuple):
-    """Binned, noise-subtracted structure function of one light curve (diagnostics, plots)."""
-
-    lag: np.ndarray  # geometric-mean lag of the pairs in the bin, days
-    sf: np.ndarray  # sqrt(<dm^2> - <e_i^2 + e_j^2>), NaN where not positive
-    n_pairs: np.ndarray  # pairs in the bin
 
 
 class _Pairs(NamedTuple):
@@ -239,6 +225,54 @@ def _binned_moments(
     )
 
 
+def _drw_grid(y1: np.ndarray, d: np.ndarray, noise: np.ndarray,
+              neff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The DRW grid search of :func:`_fit_binned`, for all curves x bins x taus at once.
+
+    ``y1`` stacks the noise-subtracted SF^2 (row 0) on ones (row 1). Closed-form SF_inf^2 per trial
+    tau, pass 1 weighted by the data, pass 2 by the pass-1 fit; ``q = s_gy^2 / s_gg`` is what the
+    optimum removes from the weighted residual sum, so the best tau maximises it. Returns ``q``,
+    the SF_inf^2 per tau and the index of the best tau per curve. Split out so the vectorised part
+    reads apart from the per-curve tail; it is called once per chunk of curves, not per curve.
+    """
+    cols = np.arange(d.shape[0])
+    w = neff / np.maximum(d * d, _TINY)
+    for first_pass in (True, False):
+        s = np.matmul(w[:, None, :] * y1, _BASIS_BOTH)  # (G, 2, 2K)
+        s_gy = s[:, 0, :_N_TAU]  # sum of w y g per tau
+        s2 = np.maximum(s_gy / s[:, 1, _N_TAU:], 0.0)  # ... / sum of w g^2
+        q = s2 * s_gy
+        best = np.argmax(q, 1)
+        if first_pass:
+            model = s2[cols, best][:, None] * _BASIS_T[best] + noise
+            w = neff / np.maximum(model * model, _TINY)
+    return q, s2, best
+
+
+def _power_law_sums(y: np.ndarray, d: np.ndarray, neff: np.ndarray, cnt: np.ndarray, s_lg: np.ndarray,
+                    inv: np.ndarray) -> list[list[float]]:
+    """Per curve, the seven sums of the SF power-law fit (log10 SF^2 on log10 lag, weights 1 / var(ln SF)).
+
+    ``[s0, sx, sy, sxx, sxy, n_bins, n_pos]`` as Python floats, each summed over bins with
+    ``np.add.accumulate`` (a fixed, sequential order, see :func:`_fit_binned`). Called once per
+    chunk of curves.
+    """
+    g = y.shape[0]
+    pos = y > 0
+    r = y / np.maximum(d, _TINY)
+    sums = np.empty((7, g, N_LAG_BINS))
+    ws = np.multiply(neff * r * r, pos, out=sums[0])
+    lx = np.multiply(s_lg, inv, out=sums[6])  # mean log10 lag (sums[6] reused below)
+    ly = np.log10(y, out=np.zeros_like(y), where=pos)
+    wx = np.multiply(ws, lx, out=sums[1])
+    np.multiply(ws, ly, out=sums[2])
+    np.multiply(wx, lx, out=sums[3])
+    np.multiply(wx, ly, out=sums[4])
+    sums[5] = cnt > 0
+    sums[6] = pos
+    return np.add.accumulate(sums, 2)[:, :, -1].T.tolist()
+
+
 def _fit_binned(
     cnt: np.ndarray,
     cnt_full: np.ndarray,
@@ -260,7 +294,6 @@ def _fit_binned(
     one or of thousands.
     """
     g = cnt.shape[0]
-    cols = np.arange(g)
     inv = 1.0 / np.maximum(cnt, 1)
     d = s_dm2 * inv  # mean squared difference: signal + noise
     noise = s_noise * inv
@@ -270,30 +303,9 @@ def _fit_binned(
     y = np.subtract(d, noise, out=y1[:, 0])  # noise-subtracted SF^2 (a view into y1)
     # --- DRW: closed-form SF_inf^2 per trial tau, pass 1 weighted by the data, pass 2 by the fit ---
     # q = s_gy^2 / s_gg is what the optimum removes from the weighted residual sum: maximise it.
-    w = neff / np.maximum(d * d, _TINY)
-    for first_pass in (True, False):
-        s = np.matmul(w[:, None, :] * y1, _BASIS_BOTH)  # (G, 2, 2K)
-        s_gy = s[:, 0, :_N_TAU]  # sum of w y g per tau
-        s2 = np.maximum(s_gy / s[:, 1, _N_TAU:], 0.0)  # ... / sum of w g^2
-        q = s2 * s_gy
-        best = np.argmax(q, 1)
-        if first_pass:
-            model = s2[cols, best][:, None] * _BASIS_T[best] + noise
-            w = neff / np.maximum(model * model, _TINY)
+    q, s2, best = _drw_grid(y1, d, noise, neff)
     # --- SF power law sums: log10 SF^2 on log10 lag, weights 1 / var(ln SF) ------------------------
-    pos = y > 0
-    r = y / np.maximum(d, _TINY)
-    sums = np.empty((7, g, N_LAG_BINS))
-    ws = np.multiply(neff * r * r, pos, out=sums[0])
-    lx = np.multiply(s_lg, inv, out=sums[6])  # mean log10 lag (sums[6] reused below)
-    ly = np.log10(y, out=np.zeros_like(y), where=pos)
-    wx = np.multiply(ws, lx, out=sums[1])
-    np.multiply(ws, ly, out=sums[2])
-    np.multiply(wx, lx, out=sums[3])
-    np.multiply(wx, ly, out=sums[4])
-    sums[5] = cnt > 0
-    sums[6] = pos
-    tot = np.add.accumulate(sums, 2)[:, :, -1].T.tolist()  # (G, 7) Python floats
+    tot = _power_law_sums(y, d, neff, cnt, s_lg, inv)  # (G, 7) Python floats
     qs = q.tolist()
     s2s = s2.tolist()
     vals = []
@@ -370,75 +382,3 @@ def variability_features_many(
         status[idx] = st
         start = stop
     return out, status
-
-
-def _clean_single(t: np.ndarray, m: np.ndarray, e: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """Minimal cleaning for the single-curve helpers: finite, sorted, unique times, positive errors."""
-    t = np.asarray(t, dtype=np.float64).ravel()
-    m = np.asarray(m, dtype=np.float64).ravel()
-    e = np.zeros_like(m) if e is None else np.asarray(e, dtype=np.float64).ravel()
-    e = np.where(np.isfinite(e) & (e > 0), e, 0.0)
-    ok = np.isfinite(t) & np.isfinite(m)
-    t, m, e = t[ok], m[ok], e[ok]
-    t, first = np.unique(t, return_index=True)
-    return t, m[first], e[first]
-
-
-def fit_drw(t: np.ndarray, m: np.ndarray, e: np.ndarray | None = None) -> DRWFit:
-    """DRW ``tau`` (days) and ``SF_inf`` (mag) of one light curve; NaN with a status bit if undefined.
-
-    Convenience wrapper around :func:`variability_features_many` (the same numbers as the features).
-    """
-    with np.errstate(all="ignore"):
-        vals, st = variability_features_many([_clean_single(t, m, e)])
-    return DRWFit(float(vals[0, 0]), float(vals[0, 1]), int(st[0]))
-
-
-def sf_power_law(t: np.ndarray, m: np.ndarray, e: np.ndarray | None = None) -> tuple[float, float]:
-    """``(A, gamma)`` of ``SF(dt) = A (dt / 1 yr)^gamma`` for one light curve (NaN if undefined)."""
-    with np.errstate(all="ignore"):
-        vals, _ = variability_features_many([_clean_single(t, m, e)])
-    return float(vals[0, 2]), float(vals[0, 3])
-
-
-def structure_function(t: np.ndarray, m: np.ndarray, e: np.ndarray | None = None) -> StructureFunction:
-    """The binned, noise-subtracted structure function the fits use (only populated bins)."""
-    with np.errstate(all="ignore"):
-        curve = _clean_single(t, m, e)
-        if len(curve[0]) < 2:
-            z = np.empty(0)
-            return StructureFunction(z, z, np.empty(0, dtype=np.int64))
-        cnt, _, s_dm2, s_noise, s_lg = (a[0] for a in _binned_moments([curve]))
-        keep = cnt > 0
-        c = cnt[keep]
-        y = (s_dm2[keep] - s_noise[keep]) / c
-        sf = np.where(y > 0, np.sqrt(np.where(y > 0, y, 0.0)), np.nan)
-        return StructureFunction(10.0 ** (s_lg[keep] / c), sf, c.astype(np.int64))
-
-
-def simulate_drw(
-    t: np.ndarray,
-    tau: float,
-    sf_inf: float,
-    mean_mag: float = 19.0,
-    rng: np.random.Generator | None = None,
-) -> np.ndarray:
-    """Noise-free DRW magnitudes at times ``t`` (sorted, days), by the exact Ornstein-Uhlenbeck update.
-
-    ``x_i = mu + a (x_{i-1} - mu) + N(0, (SF_inf^2 / 2)(1 - a^2))`` with ``a = exp(-dt / tau)``; the
-    first point is drawn from the stationary distribution ``N(mu, SF_inf^2 / 2)``.  Used by the tests
-    and by training's synthetic light curves, so both rest on the same definition of the process.
-    """
-    rng = np.random.default_rng() if rng is None else rng
-    t = np.asarray(t, dtype=np.float64)
-    n = t.shape[0]
-    x = np.empty(n)
-    if n == 0:
-        return x
-    var = 0.5 * sf_inf * sf_inf
-    a = np.exp(-np.diff(t) / tau)
-    kicks = rng.standard_normal(n) * np.sqrt(var * np.concatenate([[1.0], 1.0 - a * a]))
-    x[0] = kicks[0]
-    for k in range(1, n):
-        x[k] = a[k - 1] * x[k - 1] + kicks[k]
-    return mean_mag + x
