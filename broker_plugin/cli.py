@@ -47,17 +47,6 @@ ENTRY_POINT_GROUP = "bal_broker.commands"
 USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, BundleError, DecodeError)
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type=`` for counts (batch sizes, N objects, epochs): an integer >= 1, else exit 2."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register_subcommand(name: str, registrar: str | Registrar) -> None:
     """Add (or replace) a subcommand: ``registrar`` is ``"module:function"`` or a callable."""
     SUBCOMMANDS[name] = registrar

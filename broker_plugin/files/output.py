@@ -30,11 +30,11 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from broker_plugin.errors import ConfigError
+from broker_plugin.models.record_schema import annotation_schema
 
 #: Output file extensions and what they mean, for error messages and ``--help``.
 OUTPUT_FORMATS: dict[str, str] = {".jsonl": "JSON Lines", ".avro": "Avro container", ".parquet": "Parquet"}
@@ -61,18 +61,6 @@ REJECT_HEAD_BYTES = 16
 
 
 # --------------------------------------------------------------------------------------- schemas
-
-
-@lru_cache(maxsize=1)
-def annotation_schema() -> dict[str, Any]:
-    """The ``bal`` record's Avro schema as a JSON dict, read from the installed package.
-
-    The canonical file is ``broker_plugin/schemas/bal_annotation.avsc`` (installed with the
-    package); the top-level ``schemas/bal_annotation.avsc`` is an identical copy for people browsing
-    the repository, and a test keeps the two equal.
-    """
-    text = (resources.files("broker_plugin") / "schemas" / "bal_annotation.avsc").read_text(encoding="utf-8")
-    return json.loads(text)
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from typing import Any
 
 import fastavro
 
+from broker_plugin.models.record_schema import annotation_schema
 from broker_plugin.stream.avro_container import encode_long
 
 Append = Callable[[bytes], None]
@@ -23,8 +24,6 @@ Append = Callable[[bytes], None]
 
 def annotation_schema_copy() -> dict[str, Any]:
     """A fresh copy of the shipped annotation schema: callers embed it in schemas they build."""
-    from broker_plugin.files.output import annotation_schema
-
     return copy.deepcopy(annotation_schema())
 
 
