@@ -121,7 +121,10 @@ def _packet_lightcurves(obj: SimObject, rng: np.random.Generator, survey: str, i
     alerts of ZTF schemas before 4.x, most of the archive, look like."""
     from broker_plugin.decode import alert_from_record, decode_alert
 
-    from .packets import DEFAULT_HISTORY_DAYS, AlertContext, simulate_alert, write_rubin_packet, write_ztf_packet
+    from .night import DEFAULT_HISTORY_DAYS, simulate_alert
+    from .packet_common import AlertContext
+    from .rubin_packets import write_rubin_packet
+    from .ztf_packets import write_ztf_packet
 
     res = simulate_alert(obj, survey, None, int(end_mjd), rng, history_days=DEFAULT_HISTORY_DAYS[survey])
     if res is None:
@@ -137,6 +140,46 @@ def _packet_lightcurves(obj: SimObject, rng: np.random.Generator, survey: str, i
                                   raw=packet)
     return dict(alert.lightcurves), {"alert_mjd": truth["mjd"], "alert_band": band, "n_prv": truth["n_prv"],
                                      "no_forced": strip}
+
+
+def _observed_object(rng: np.random.Generator, i: int, kind: str, *, bal_fraction: float,
+                     effect: BalLightCurveEffect, survey: str, photometry: Photometry, baseline_days: float,
+                     end_mjd: float, z_range: tuple[float, float], min_points: int,
+                     ztf_no_forced_fraction: float) -> tuple[SimObject, dict[str, LightCurve], dict[str, Any]]:
+    """Object ``i`` of ``kind`` and its light curves, redrawn (up to 50 times) while it has fewer than
+    ``min_points`` points or, for packet photometry, never alerts; also the packet truth extras."""
+    lc: dict[str, LightCurve] = {}
+    for _attempt in range(50):
+        obj = draw_object(rng, i, kind, bal_fraction=bal_fraction, effect=effect, survey=survey, z_range=z_range,
+                          star_constant_fraction=0.2)
+        extra: dict[str, Any] = {}
+        if photometry == "dr":
+            lc = dr_lightcurves(obj, rng, survey=survey, end_mjd=end_mjd, baseline_days=baseline_days)
+        elif photometry == "packet":
+            got, extra = _packet_lightcurves(obj, rng, survey, i, end_mjd, ztf_no_forced_fraction)
+            if got is None:
+                lc = {}  # never alerted: draw again (an object that never alerts keeps no light curve)
+                continue
+            lc = got
+        else:
+            raise ValueError(f"photometry must be 'dr' or 'packet', got {photometry!r}")
+        if sum(len(v) for v in lc.values()) >= min_points:
+            break
+    return obj, lc, extra
+
+
+def _object_truth(obj: SimObject, survey: str, spec: Spectrum | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """What a report or test may want to know about one training object (never a feature)."""
+    t = {"label": obj.label, "is_bal": obj.is_bal, "z": obj.z, "ebv": obj.ebv, "ra": obj.ra, "dec": obj.dec,
+         "mean_mag": {b: obj.mag(survey, b) for b in obj.bands(survey)}, "variability": obj.variability,
+         "morphology": obj.morphology, **obj.truth, **extra}
+    if obj.variability == "drw":
+        t.update({"tau_rest": obj.params["tau_rest"], "tau_obs": obj.params["tau_obs"],
+                  "sf_inf": {b: obj.params["sf_inf"][f"{survey}:{b}"] for b in obj.bands(survey)}})
+    if spec is not None:
+        t["bi_civ"] = spec.bi_civ
+        t["bi_civ_observed"] = spec.truth["bi_civ_observed"]
+    return t
 
 
 def generate_training_set(
@@ -178,23 +221,10 @@ def generate_training_set(
     for i, child in enumerate(root.spawn(n)):
         rng = np.random.default_rng(child)
         kind = kinds[int(rng.choice(len(kinds), p=probs))]
-        lc: dict[str, LightCurve] = {}
-        for _attempt in range(50):
-            obj = draw_object(rng, i, kind, bal_fraction=bal_fraction, effect=effect, survey=survey, z_range=z_range,
-                              star_constant_fraction=0.2)
-            extra: dict[str, Any] = {}
-            if photometry == "dr":
-                lc = dr_lightcurves(obj, rng, survey=survey, end_mjd=end_mjd, baseline_days=baseline_days)
-            elif photometry == "packet":
-                got, extra = _packet_lightcurves(obj, rng, survey, i, end_mjd, ztf_no_forced_fraction)
-                if got is None:
-                    lc = {}  # never alerted: draw again (an object that never alerts keeps no light curve)
-                    continue
-                lc = got
-            else:
-                raise ValueError(f"photometry must be 'dr' or 'packet', got {photometry!r}")
-            if sum(len(v) for v in lc.values()) >= min_points:
-                break
+        obj, lc, extra = _observed_object(
+            rng, i, kind, bal_fraction=bal_fraction, effect=effect, survey=survey, photometry=photometry,
+            baseline_days=baseline_days, end_mjd=end_mjd, z_range=z_range, min_points=min_points,
+            ztf_no_forced_fraction=ztf_no_forced_fraction)
         spec = None
         if obj.is_quasar and with_spectra and rng.random() < spectrum_fraction:
             spec = generate_spectrum(obj.z, obj.is_bal, rng, r_mag=obj.mag("lsst", "r"), ebv=obj.ebv,
@@ -204,16 +234,7 @@ def generate_training_set(
         labels[i] = 1 if obj.label == "qso_bal" else 0
         classes[i] = obj.label
         zs[i] = obj.z
-        t = {"label": obj.label, "is_bal": obj.is_bal, "z": obj.z, "ebv": obj.ebv, "ra": obj.ra, "dec": obj.dec,
-             "mean_mag": {b: obj.mag(survey, b) for b in obj.bands(survey)}, "variability": obj.variability,
-             "morphology": obj.morphology, **obj.truth, **extra}
-        if obj.variability == "drw":
-            t.update({"tau_rest": obj.params["tau_rest"], "tau_obs": obj.params["tau_obs"],
-                      "sf_inf": {b: obj.params["sf_inf"][f"{survey}:{b}"] for b in obj.bands(survey)}})
-        if spec is not None:
-            t["bi_civ"] = spec.bi_civ
-            t["bi_civ_observed"] = spec.truth["bi_civ_observed"]
-        truth.append(t)
+        truth.append(_object_truth(obj, survey, spec, extra))
     meta = {
         "generator": "training.synthetic", "seed": seed, "n": n, "survey": survey, "photometry": photometry,
         "baseline_days": baseline_days, "end_mjd": end_mjd, "bal_fraction": bal_fraction,

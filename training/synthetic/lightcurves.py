@@ -1,21 +1,7 @@
 """Light curves: true brightness (DRW and contaminant models), survey cadences and the error model.
 
-Damped random walk (SCIENCE.md, "Quasar variability")
-    The Ornstein-Uhlenbeck process is simulated with its *exact* update on uneven times,
-    ``x_i = mu + a (x_{i-1} - mu) + N(0, (SF_inf^2 / 2)(1 - a^2))``, ``a = exp(-dt / tau_obs)``, started
-    from the stationary distribution; there is no time step to choose and no discretisation error.
-    :func:`drw_unit` evaluates the recursion in closed form with cumulative sums (identical to the
-    loop up to rounding; the tests compare them).
-
-Cadences
-    ZTF (:func:`ztf_cadence`): a field is observable ~8 months a year (while the Sun is more than
-    ~120 deg of right ascension away from it), visited every 1-4 nights (mean ~2.4, the public
-    survey's 2-3 night cadence) in g and in r on the same night with probability 0.85 each, a night
-    lost to weather with probability 0.25; the 5-sigma depth of each epoch is the nominal m5
-    (g 20.8, r 20.6) minus a moon-phase penalty, with 0.25 mag seeing/transparency scatter.
-    Rubin (:func:`rubin_cadence`): ~6.5-month seasons, ~45 visit nights per season in pairs of
-    visits ~33 min apart, bands drawn with the LSST WFD visit shares (u 7%, g 9%, r 22%, i 22%,
-    z 20%, y 20%), nominal single-visit m5 u 23.9, g 25.0, r 24.7, i 24.0, z 23.3, y 22.1.
+The true brightness models live in :mod:`.variability` and the cadences in :mod:`.cadences`;
+both are re-exported here, the module callers have always imported them from.
 
 Error model (Ivezic+2019 form, SCIENCE.md)
     ``sigma^2 = sigma_sys^2 + (0.04 - gamma) x + gamma x^2``, ``x = 10^(0.4 (m - m5))``, gamma = 0.039;
@@ -34,14 +20,48 @@ Error model (Ivezic+2019 form, SCIENCE.md)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from broker_plugin.alert import LightCurve
 
+from .cadences import (
+    MOON_PENALTY,
+    RUBIN_BAND_SHARE,
+    RUBIN_M5,
+    RUBIN_MIDNIGHT,
+    RUBIN_START_MJD,
+    ZTF_M5,
+    ZTF_MIDNIGHT,
+    ZTF_START_MJD,
+    Cadence,
+    moon_brightness,
+    observable,
+    opposition_ra,
+    rubin_cadence,
+    sun_ra_deg,
+    ztf_cadence,
+)
 from .population import EFF_WAVELENGTH, SimObject
+from .variability import (
+    correlated_drw,
+    drw_loop,
+    drw_magnitudes,
+    drw_unit,
+    periodic_mag,
+    sn_mag,
+    true_magnitudes,
+)
+
+__all__ = [
+    "DETECTION_SNR", "GAMMA", "MAG_PER_RELFLUX", "MOON_PENALTY", "NJY_ZEROPOINT", "RUBIN_BAND_SHARE", "RUBIN_M5",
+    "RUBIN_MIDNIGHT", "RUBIN_SIGMA_SYS", "RUBIN_START_MJD", "ZTF_M5", "ZTF_MIDNIGHT", "ZTF_SIGMA_SYS",
+    "ZTF_START_MJD", "Cadence", "DiffPhotometry", "SurveyData", "correlated_drw", "drw_loop", "drw_magnitudes",
+    "drw_unit", "flux_error", "host_psf_flux", "mag_error", "mag_from_njy", "moon_brightness", "njy",
+    "observable", "observe_difference", "observe_direct", "opposition_ra", "periodic_mag", "rubin_cadence",
+    "simulate_survey", "sn_mag", "sun_ra_deg", "to_lightcurve", "true_magnitudes", "ztf_cadence",
+]
 
 #: AB magnitude of 1 nJy (mag = 31.4 - 2.5 log10 f_nJy), as in broker_plugin.photometry.lightcurve.
 NJY_ZEROPOINT: float = 31.4
@@ -51,26 +71,8 @@ MAG_PER_RELFLUX: float = 2.5 / math.log(10.0)
 GAMMA: float = 0.039
 #: Detection threshold on |difference flux| / sigma, the ZTF/Rubin alert threshold.
 DETECTION_SNR: float = 5.0
-
-ZTF_M5: dict[str, float] = {"g": 20.8, "r": 20.6}
-RUBIN_M5: dict[str, float] = {"u": 23.9, "g": 25.0, "r": 24.7, "i": 24.0, "z": 23.3, "y": 22.1}
 ZTF_SIGMA_SYS: float = 0.015
 RUBIN_SIGMA_SYS: float = 0.005
-
-#: LSST WFD share of visits per band (10-year totals u 56, g 80, r 184, i 184, z 160, y 160 per field).
-RUBIN_BAND_SHARE: dict[str, float] = {"u": 0.068, "g": 0.097, "r": 0.223, "i": 0.223, "z": 0.195, "y": 0.195}
-#: Magnitudes of 5-sigma depth lost at full moon, per band (sky brightening is strongest in the blue).
-MOON_PENALTY: dict[str, float] = {"u": 0.9, "g": 0.6, "r": 0.35, "i": 0.2, "z": 0.1, "y": 0.05}
-
-#: ZTF survey start (2018-03-17) and Rubin LSST start (2025-10-25), MJD.
-ZTF_START_MJD: float = 58194.0
-RUBIN_START_MJD: float = 60973.0
-#: UT fraction of the day at local midnight: Palomar (UTC-8) 0.333, Cerro Pachon (UTC-4) 0.167.
-ZTF_MIDNIGHT: float = 0.333
-RUBIN_MIDNIGHT: float = 0.167
-_EQUINOX_MJD = 60389.1  # 2024-03-20: the Sun at RA 0
-_NEW_MOON_MJD = 60320.5  # 2024-01-11
-_SYNODIC = 29.530589
 
 
 def njy(mag: np.ndarray | float) -> np.ndarray:
@@ -107,320 +109,6 @@ def mag_error(mag: np.ndarray | float, m5: np.ndarray | float, sigma_sys: float 
 def flux_error(mag: np.ndarray | float, m5: np.ndarray | float, sigma_sys: float = ZTF_SIGMA_SYS) -> np.ndarray:
     """nJy flux error of a source of total magnitude ``mag``: the Ivezic sigma in flux units."""
     return njy(mag) * mag_error(mag, m5, sigma_sys) / MAG_PER_RELFLUX
-
-
-# ------------------------------------------------------------------------------------------------
-# Damped random walk
-# ------------------------------------------------------------------------------------------------
-
-
-def drw_unit(t: np.ndarray, tau: float, rng: np.random.Generator, y0: float | None = None) -> np.ndarray:
-    """Unit-variance Ornstein-Uhlenbeck process at sorted times ``t`` (days), exact update.
-
-    ``y_i = a_i y_{i-1} + sqrt(1 - a_i^2) e_i`` with ``a_i = exp(-(t_i - t_{i-1}) / tau)``. Written as
-    ``y_i = A_i (y_k + sum_{j=k+1..i} w_j / A_j)`` with ``A_i = exp(-(t_i - t_k) / tau)``, evaluated
-    with cumulative sums in chunks spanning at most 200 tau (so that 1/A_j stays finite). ``y0``
-    (default: a draw from the stationary N(0, 1)) is the value at ``t[0]``.
-    """
-    t = np.asarray(t, dtype=np.float64)
-    n = t.shape[0]
-    out = np.empty(n, dtype=np.float64)
-    if n == 0:
-        return out
-    e = rng.standard_normal(n)
-    out[0] = e[0] if y0 is None else y0
-    if n == 1:
-        return out
-    if not tau > 0:
-        raise ValueError(f"tau must be positive, got {tau}")
-    dt = np.diff(t)
-    if np.any(dt < 0):
-        raise ValueError("drw_unit needs sorted times")
-    w = np.sqrt(-np.expm1(-2.0 * dt / tau)) * e[1:]  # sqrt(1 - a^2) without cancellation for small dt
-    s = t / tau
-    k = 0  # index of the chunk's anchor (its value is known)
-    while k < n - 1:
-        end = int(np.searchsorted(s, s[k] + 200.0, side="right"))
-        end = max(min(end, n), k + 2)
-        # (t_j - t_k)/tau >= 0; only a lone point after a >200 tau gap can exceed 200, and there
-        # exp(-600) is already 0 to double precision, so clipping changes nothing.
-        rel = np.minimum(s[k + 1 : end] - s[k], 600.0)
-        inv_a = np.exp(rel)
-        acc = np.cumsum(w[k:end - 1] * inv_a)
-        out[k + 1 : end] = (out[k] + acc) / inv_a
-        k = end - 1
-    return out
-
-
-def drw_loop(t: np.ndarray, tau: float, rng: np.random.Generator, y0: float | None = None) -> np.ndarray:
-    """The same process with the plain recursion (reference implementation for tests)."""
-    t = np.asarray(t, dtype=np.float64)
-    e = rng.standard_normal(t.shape[0])
-    out = np.empty_like(t)
-    if t.size == 0:
-        return out
-    out[0] = e[0] if y0 is None else y0
-    for i in range(1, t.size):
-        a = math.exp(-(t[i] - t[i - 1]) / tau)
-        out[i] = a * out[i - 1] + math.sqrt(1.0 - a * a) * e[i]
-    return out
-
-
-def drw_magnitudes(
-    t: np.ndarray, tau_obs: float, sf_inf: float, mean_mag: float, rng: np.random.Generator
-) -> np.ndarray:
-    """One band's DRW light curve in magnitudes: variance SF_inf^2 / 2, covariance decaying as exp(-dt/tau)."""
-    return mean_mag + (sf_inf / math.sqrt(2.0)) * drw_unit(t, tau_obs, rng)
-
-
-#: Days between independent series in one drw_unit call: exp(-gap / tau) < 1e-17 for tau < 2.5e5 d.
-_SERIES_GAP = 1.0e7
-
-
-def correlated_drw(
-    times: Mapping[str, np.ndarray],
-    tau_obs: float,
-    sf_inf: Mapping[str, float],
-    mean_mag: Mapping[str, float],
-    rho: float,
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """Multi-band DRW: ``y_b = sqrt(rho) common + sqrt(1 - rho) own_b``, all unit OU with one tau.
-
-    The sum of independent OU processes with the same tau is an OU process, so each band is an
-    exact DRW with its own SF_inf and mean; ``rho`` is the inter-band correlation at zero lag.
-    """
-    bands = [b for b in times if len(times[b])]
-    out: dict[str, np.ndarray] = {b: np.empty(0) for b in times}
-    if not bands:
-        return out
-    rho = min(max(rho, 0.0), 1.0)
-    parts = [np.asarray(times[b], dtype=np.float64) for b in bands]
-    sizes = [p.size for p in parts]
-    all_t = np.concatenate(parts)
-    # One call for every process: the common one at all epochs, then each band's own one, placed
-    # _SERIES_GAP days apart. Across such a gap a = exp(-gap/tau) is 0 to double precision, so each
-    # series starts from a fresh stationary draw: independent processes, exactly.
-    n = all_t.size
-    order = np.argsort(all_t, kind="stable")
-    series = [all_t[order]]
-    own_orders = []
-    for k, p in enumerate(parts):
-        o = np.argsort(p, kind="stable")
-        own_orders.append(o)
-        series.append(p[o] + _SERIES_GAP * (k + 1))
-    y_all = drw_unit(np.concatenate(series), tau_obs, rng)
-    common = np.empty(n)
-    common[order] = y_all[:n]
-    pos, own_pos = 0, n
-    a, b_ = math.sqrt(rho), math.sqrt(1.0 - rho)
-    for band, size, o in zip(bands, sizes, own_orders, strict=True):
-        own = np.empty(size)
-        own[o] = y_all[own_pos : own_pos + size]
-        own_pos += size
-        y = a * common[pos : pos + size] + b_ * own
-        pos += size
-        out[band] = mean_mag[band] + (sf_inf[band] / math.sqrt(2.0)) * y
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Contaminant light curves (true magnitudes)
-# ------------------------------------------------------------------------------------------------
-
-
-def periodic_mag(t: np.ndarray, mean: float, amp: float, period: float, phase: float, harmonic: float) -> np.ndarray:
-    """A pulsator/eclipser-like periodic light curve (fundamental + second harmonic), semi-amplitude ``amp``."""
-    ph = 2 * np.pi * (np.asarray(t) / period + phase)
-    shape = np.sin(ph) + harmonic * np.sin(2 * ph + 0.7)
-    return mean + amp * shape / (1.0 + harmonic)
-
-
-def sn_mag(t: np.ndarray, band: str, survey: str, p: Mapping[str, float]) -> np.ndarray:
-    """Bazin-like supernova light curve in magnitudes (inf before the explosion / when negligible).
-
-    Flux ``~ exp(-(t - t0)/t_fall) / (1 + exp(-(t - t0)/t_rise))``, normalised to ``peak_mag`` at
-    maximum; redder bands decline more slowly, and colour reddens linearly after peak.
-    """
-    lam = EFF_WAVELENGTH[survey][band]
-    t_fall = p["t_fall"] * (lam / 6200.0) ** 0.8
-    dt = np.asarray(t, dtype=np.float64) - p["t0"]
-    with np.errstate(over="ignore"):
-        shape = np.exp(-dt / t_fall) / (1.0 + np.exp(-dt / p["t_rise"]))
-    # Normalise to unit peak (numerically, on a grid) so that peak_mag is the peak in r.
-    grid = np.linspace(-5 * p["t_rise"], 5 * p["t_rise"] + 30, 400)
-    peak = np.max(np.exp(-grid / t_fall) / (1.0 + np.exp(-grid / p["t_rise"])))
-    colour = (p["gr_peak"] + p["gr_slope"] * np.clip(dt, 0, None)) * (6200.0 - lam) / (6200.0 - 4800.0)
-    with np.errstate(divide="ignore"):
-        m = p["peak_mag"] - 2.5 * np.log10(np.maximum(shape / peak, 1e-30)) + colour
-    return np.where(dt > -10 * p["t_rise"], m, np.inf)
-
-
-def true_magnitudes(obj: SimObject, survey: str, times: Mapping[str, np.ndarray],
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The object's noiseless magnitude in each band at the given times (inf = no flux)."""
-    key = {b: f"{survey}:{b}" for b in times}
-    if obj.variability == "drw":
-        p = obj.params
-        return correlated_drw(times, p["tau_obs"], {b: p["sf_inf"][key[b]] for b in times},
-                              {b: obj.mean_mag[key[b]] for b in times}, p["rho"], rng)
-    if obj.variability == "periodic":
-        p = obj.params
-        out = {}
-        for b, t in times.items():
-            lam = EFF_WAVELENGTH[survey][b]
-            amp = p["amp"] * (1.0 + (p["chromatic"] - 1.0) * (6200.0 - lam) / (6200.0 - 4800.0))
-            out[b] = periodic_mag(t, obj.mean_mag[key[b]], max(amp, 0.0), p["period"], p["phase"], p["harmonic"])
-        return out
-    if obj.variability == "sn":
-        return {b: sn_mag(t, b, survey, obj.params) for b, t in times.items()}
-    # constant stars and bogus: flat
-    return {b: np.full(np.asarray(t).shape, obj.mean_mag[key[b]]) for b, t in times.items()}
-
-
-# ------------------------------------------------------------------------------------------------
-# Cadences
-# ------------------------------------------------------------------------------------------------
-
-
-def sun_ra_deg(mjd: np.ndarray | float) -> np.ndarray:
-    """Approximate right ascension of the Sun (deg): 0 at the March equinox, +0.9856 deg/day."""
-    return (360.0 * (np.asarray(mjd, dtype=np.float64) - _EQUINOX_MJD) / 365.2422) % 360.0
-
-
-def moon_brightness(mjd: np.ndarray | float) -> np.ndarray:
-    """0 at new moon, 1 at full moon (illuminated fraction from the synodic phase)."""
-    phase = ((np.asarray(mjd, dtype=np.float64) - _NEW_MOON_MJD) / _SYNODIC) % 1.0
-    return 0.5 * (1.0 - np.cos(2 * np.pi * phase))
-
-
-def observable(mjd: np.ndarray, ra: float, half_season_deg: float) -> np.ndarray:
-    """Nights on which a field at ``ra`` is in its observing season (opposition +- half_season_deg)."""
-    d = (ra - sun_ra_deg(mjd) - 180.0 + 180.0) % 360.0 - 180.0
-    return np.abs(d) < half_season_deg
-
-
-def opposition_ra(mjd: float) -> float:
-    """RA (deg) on the meridian at local midnight on ``mjd``: the best-placed field that night."""
-    return float((sun_ra_deg(mjd) + 180.0) % 360.0)
-
-
-@dataclass(slots=True)
-class Cadence:
-    """Epochs of one object in one survey: per band, times (MJD) and 5-sigma depths."""
-
-    survey: str
-    mjd: dict[str, np.ndarray]
-    m5: dict[str, np.ndarray]
-    #: The forced epoch (band, mjd) if one was requested, e.g. the night of an alert.
-    forced: tuple[str, float] | None = None
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def n_epochs(self) -> int:
-        return int(sum(v.size for v in self.mjd.values()))
-
-
-def _revisit_nights(rng: np.random.Generator, n0: int, n1: int, gaps: np.ndarray, gap_p: np.ndarray) -> np.ndarray:
-    """Night numbers from n0 to n1 with revisit gaps drawn from ``gaps`` with probabilities ``gap_p``."""
-    span = max(n1 - n0, 1)
-    k = int(span / float(np.dot(gaps, gap_p)) * 1.3) + 8
-    steps = gaps[np.searchsorted(np.cumsum(gap_p), rng.random(k) * gap_p.sum(), side="right").clip(0, gaps.size - 1)]
-    nights = n0 + int(rng.integers(0, gaps.max())) + np.cumsum(steps) - steps[0]
-    return nights[nights <= n1]
-
-
-def ztf_cadence(
-    rng: np.random.Generator,
-    ra: float,
-    t_start: float,
-    t_end: float,
-    *,
-    force: tuple[str, float] | None = None,
-    m5: Mapping[str, float] | None = None,
-    weather_loss: float = 0.25,
-    both_bands_p: float = 0.85,
-    half_season_deg: float = 120.0,
-) -> Cadence:
-    """ZTF-like g/r epochs between ``t_start`` and ``t_end`` (MJD) for a field at ``ra``.
-
-    ``force = (band, mjd)`` guarantees an epoch at exactly that time and band (the alert's epoch).
-    """
-    m5n = dict(ZTF_M5 if m5 is None else m5)
-    n0, n1 = math.floor(t_start), math.floor(t_end)
-    nights = _revisit_nights(rng, n0, n1, _ZTF_GAPS, _ZTF_GAP_P)
-    u = rng.random((6, nights.size))
-    ok = observable(nights + ZTF_MIDNIGHT, ra, half_season_deg) & (u[0] >= weather_loss)
-    nights, u = nights[ok], u[:, ok]
-    # Times: within ~3.5 h of local midnight; g and r of one night 30-90 min apart, in either order;
-    # each band taken with probability both_bands_p (at least one of them).
-    base = nights + ZTF_MIDNIGHT - 0.145 + 0.245 * u[1]
-    sep = 0.02 + 0.0425 * u[2]
-    first_g = u[3] < 0.5
-    has_g = u[4] < both_bands_p
-    has_r = u[5] < both_bands_p
-    none = ~(has_g | has_r)
-    has_g |= none & first_g
-    has_r |= none & ~first_g
-    times = {"g": np.where(first_g, base, base + sep)[has_g], "r": np.where(first_g, base + sep, base)[has_r]}
-    out_t: dict[str, np.ndarray] = {}
-    out_m5: dict[str, np.ndarray] = {}
-    for b in ("g", "r"):
-        t = times[b]
-        t = t[(t >= t_start) & (t <= t_end)]
-        if force is not None and force[0] == b:
-            t = np.sort(np.append(t[np.abs(t - force[1]) > 0.5], force[1]))  # replaces that night's visit
-        depth = m5n[b] - MOON_PENALTY[b] * moon_brightness(t) + np.clip(rng.normal(0.0, 0.25, t.size), -0.8, 0.5)
-        out_t[b], out_m5[b] = t, depth
-    return Cadence("ztf", out_t, out_m5, force)
-
-
-_ZTF_GAPS = np.array([1, 2, 3, 4])
-_ZTF_GAP_P = np.array([0.15, 0.45, 0.30, 0.10])
-
-
-def rubin_cadence(
-    rng: np.random.Generator,
-    ra: float,
-    t_start: float,
-    t_end: float,
-    *,
-    force: tuple[str, float] | None = None,
-    m5: Mapping[str, float] | None = None,
-    weather_loss: float = 0.2,
-    nights_per_season: float = 45.0,
-    half_season_deg: float = 100.0,
-) -> Cadence:
-    """Rubin/LSST WFD-like ugrizy epochs: visit pairs on ~45 nights per ~6.5-month season."""
-    m5n = dict(RUBIN_M5 if m5 is None else m5)
-    bands = list(RUBIN_BAND_SHARE)
-    share = np.array([RUBIN_BAND_SHARE[b] for b in bands])
-    share = share / share.sum()
-    n0, n1 = math.floor(t_start), math.floor(t_end)
-    all_nights = np.arange(n0, n1 + 1)
-    season = observable(all_nights + RUBIN_MIDNIGHT, ra, half_season_deg)
-    season_len = 365.25 * half_season_deg / 180.0
-    p_night = min(1.0, nights_per_season / season_len / (1.0 - weather_loss))
-    pick = season & (rng.random(all_nights.size) < p_night) & (rng.random(all_nights.size) >= weather_loss)
-    nights = all_nights[pick]
-    n = nights.size
-    t1 = nights + RUBIN_MIDNIGHT + rng.uniform(-0.2, 0.2, n)
-    t2 = t1 + rng.uniform(0.018, 0.028, n)  # ~25-40 min later
-    b1 = rng.choice(len(bands), size=n, p=share)
-    same = rng.random(n) < 0.3
-    b2 = np.where(same, b1, rng.choice(len(bands), size=n, p=share))
-    times = np.concatenate([t1, t2])
-    bidx = np.concatenate([b1, b2])
-    out_t: dict[str, np.ndarray] = {}
-    out_m5: dict[str, np.ndarray] = {}
-    for j, b in enumerate(bands):
-        t = times[(bidx == j) & (times >= t_start) & (times <= t_end)]
-        if force is not None and force[0] == b:
-            t = t[np.abs(t - force[1]) > 0.01]
-            t = np.append(t, force[1])
-        t = np.sort(t)
-        depth = m5n[b] - MOON_PENALTY[b] * moon_brightness(t) + np.clip(rng.normal(0.0, 0.2, t.size), -0.7, 0.4)
-        out_t[b], out_m5[b] = t, depth
-    return Cadence("lsst", out_t, out_m5, force)
 
 
 # ------------------------------------------------------------------------------------------------

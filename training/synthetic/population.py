@@ -4,77 +4,56 @@ Everything the light-curve, spectrum and packet code needs about one object is d
 into a :class:`SimObject`; the other modules only *observe* it. All randomness comes from the
 ``numpy.random.Generator`` passed in, so a seed fixes the population.
 
-Quasar variability parameters (SCIENCE.md, "Quasar variability")
-    Pairs (tau, SF_inf) are drawn *jointly*, as whole rows of the MacLeod+2010 Stripe 82 DRW fits
-    (``training/data/s82_drw_params.csv``, built from ``../shared/data/quasars/macleod2010_s82drw_{g,r}.csv``
-    by :func:`build_drw_table`), so the tau-SF_inf, colour-amplitude and redshift correlations of real
-    quasars are kept. A row carries the g and r fits *of the same quasar* (the two tables share their
-    row order, SDR5ID and position), its redshift, its mean magnitudes and its SDSS colours.
+Quasar variability parameters
+    Whole rows of the MacLeod+2010 Stripe 82 DRW fits, drawn jointly so the tau-SF_inf,
+    colour-amplitude and redshift correlations of real quasars are kept; :mod:`.drw_table` holds the
+    table, how its columns are read and the quality cuts. The simulated quasar keeps the row's
+    redshift when it is inside the requested range (default 1.67 <= z <= 3.6, the C IV window of the
+    reference study). g and r share one time scale (the geometric mean of the two fits: one physical
+    process, two noisy estimates) and their own SF_inf; other Rubin bands scale SF_inf with rest
+    wavelength as lambda^-0.479 (MacLeod+2010 coefficient B).
 
-    How the table columns are read (checked against the fitted relations quoted in SCIENCE.md; see
-    ``training/data/README.md`` for the regression): ``log10_tau_days`` is the best-fit DRW time scale
-    in **observed-frame** days, ``log10_sigma`` the Kelly+2009 amplitude sigma-hat in mag / yr^(1/2),
-    also observed frame, so ``SF_inf = sigma_hat * sqrt(tau_obs / 365 d)``, which is frame
-    independent, and ``tau_rest = tau_obs / (1 + z)``. With that reading a joint g+r fit of
-    log SF_inf against log(lambda_RF/4000 A), M_i, log M_BH and log(1+z) gives A = -0.55 and
-    E = +0.04 (MacLeod+2010: A = -0.51, E ~ 0); reading tau as rest frame instead gives rest-frame
-    time scales of ~500 d (SCIENCE.md: typical ~250 d) and an SF_inf trend with redshift the paper
-    does not find. Rows failing MacLeod's own quality cuts in g or r (fewer than 10 epochs,
-    DRW not preferred over white noise by Delta lnL > 2, tau unconstrained (Delta lnL vs tau=inf
-    < 0.05), tau at the grid edge), and the ~25 absurd fits that survive them (SF_inf > 1.5 mag or
-    tau_rest outside 1-10^4 d), are dropped: 6,501 of 9,258 quasars remain.
-
-    The simulated quasar keeps the row's redshift when it is inside the requested range (default
-    1.67 <= z <= 3.6, the C IV window of the reference study), so tau_obs = tau_rest (1 + z) is the
-    row's own observed time scale. g and r share one time scale (the geometric mean of the two fits:
-    one physical process, two noisy estimates) and their own SF_inf; other Rubin bands scale SF_inf
-    with rest wavelength as lambda^-0.479 (MacLeod+2010 coefficient B).
-
-BAL vs non-BAL light curves (SCIENCE.md: "no distinctive variability of their own ... BALs are redder
-on average ... do not assume [a light-curve signal]")
-    The *only* differences are the fields of :class:`BalLightCurveEffect`, explicit and tunable. The
-    default is SMC-like dust at the quasar with E(B-V) drawn from an exponential of mean 0.023, the
-    HiBAL-vs-non-BAL value of Reichard+2003; at z ~ 2 that reddens g-r by ~0.07 mag (ZTF bands) and
-    dims g by ~0.3 mag. Variability amplitude and time scale are unchanged (``sf_scale = tau_scale = 1``).
-    :meth:`BalLightCurveEffect.none` switches every difference off, for null tests.
+BAL vs non-BAL light curves
+    The *only* differences are the fields of :class:`BalLightCurveEffect` (:mod:`.bal_effect`),
+    explicit and tunable; :meth:`BalLightCurveEffect.none` switches every difference off.
 
 Contaminants (for the candidate scorer and the demo)
     ``star`` (periodic low-amplitude pulsators/eclipsers, or constant), ``sn`` (a rise-and-decline
     transient on an extended host), ``blazar`` (a high-amplitude, short-time-scale DRW, point-like or
     nuclear in a host) and ``bogus`` (a subtraction artefact). Each object carries a morphology hint
     for the stamps (``point``, ``extended``, ``nuclear``, ``artifact``).
+
+The filter constants, the BAL effect and the DRW table live in their own modules and are
+re-exported here, where callers have always imported them from.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from broker_plugin.alert import LSST_BANDS
 
+from .bal_effect import SMC_RV, SMC_SLOPE, BalLightCurveEffect, smc_extinction
+from .drw_table import DATA_DIR, DRW_COLUMNS, DRW_TABLE_PATH, DrwTable, build_drw_table, load_drw_table
+from .filters import EFF_WAVELENGTH, MORPHOLOGIES, SURVEY_BANDS, Survey
+
+__all__ = [
+    "CIV_Z_RANGE", "CLASSES", "DATA_DIR", "DEFAULT_BAL_FRACTION", "DEFAULT_STREAM_MIX", "DRW_COLUMNS",
+    "DRW_TABLE_PATH", "EFF_WAVELENGTH", "MORPHOLOGIES", "QSO_CLASSES", "SF_WAVELENGTH_SLOPE", "SMC_RV",
+    "SMC_SLOPE", "SURVEY_BANDS", "BalLightCurveEffect", "DrwTable", "SimObject", "Survey", "build_drw_table",
+    "draw_blazar", "draw_bogus", "draw_object", "draw_quasar", "draw_sn", "draw_star", "load_drw_table",
+    "normalise_mix", "smc_extinction", "with_index",
+]
+
 #: Class labels, in the order used for integer codes.
 CLASSES: tuple[str, ...] = ("qso_bal", "qso_nonbal", "star", "sn", "blazar", "bogus")
 QSO_CLASSES: tuple[str, ...] = ("qso_bal", "qso_nonbal")
-#: Stamp morphology hints understood by ``training.synthetic.stamps.render_triplet``.
-MORPHOLOGIES: tuple[str, ...] = ("point", "extended", "nuclear", "artifact")
-
-Survey = Literal["ztf", "lsst"]
-SURVEY_BANDS: dict[str, tuple[str, ...]] = {"ztf": ("g", "r"), "lsst": LSST_BANDS}
-
-#: Effective wavelengths (Angstrom) of the survey filters. ZTF: Bellm+2019 (g 4746, r 6366);
-#: Rubin: LSST filter throughputs (u 3671, g 4827, r 6223, i 7546, z 8691, y 9712).
-EFF_WAVELENGTH: dict[str, dict[str, float]] = {
-    "ztf": {"g": 4746.0, "r": 6366.0},
-    "lsst": {"u": 3671.0, "g": 4827.0, "r": 6223.0, "i": 7546.0, "z": 8691.0, "y": 9712.0},
-}
-
 #: DR16Q automated BAL flags: 99,856 of 750,414 quasars, about 13% (SCIENCE.md). The reference
 #: study's visually inspected DR7 sample is much poorer in BALs (1,419 of 42,505, 3.3%).
 DEFAULT_BAL_FRACTION: float = 0.13
@@ -82,13 +61,6 @@ DEFAULT_BAL_FRACTION: float = 0.13
 CIV_Z_RANGE: tuple[float, float] = (1.67, 3.6)
 #: MacLeod+2010 wavelength exponent of SF_inf (coefficient B).
 SF_WAVELENGTH_SLOPE: float = -0.479
-#: SMC bar extinction curve, power-law approximation A_lambda / E(B-V) = R_V (lambda / 5500 A)^-1.2
-#: with R_V = 2.74 (Gordon+2003); within ~10% of the tabulated curve from 1250 to 9000 A.
-SMC_RV: float = 2.74
-SMC_SLOPE: float = -1.2
-
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DRW_TABLE_PATH = DATA_DIR / "s82_drw_params.csv"
 
 # Colours used when the SDSS catalogue has no magnitude (22 of 9,258 rows): typical 1.7<z<3.6 quasar.
 _DEFAULT_COLOURS = {"u_g": 0.25, "r_i": 0.12, "i_z": 0.05}
@@ -97,194 +69,9 @@ _Z_MINUS_Y = 0.05
 
 
 # ------------------------------------------------------------------------------------------------
-# The BAL light-curve effect
-# ------------------------------------------------------------------------------------------------
-
-
-def smc_extinction(wave_rest: np.ndarray | float, ebv: float) -> np.ndarray | float:
-    """A_lambda (mag) of SMC-like dust with colour excess ``ebv`` at rest wavelength(s) in Angstrom.
-
-    SMC-like dust is what reddened BAL composites need (Reichard+2003); the power law stands in for
-    the tabulated curve (see :data:`SMC_RV`), adequate for a 0.02-0.1 mag effect.
-    """
-    return ebv * SMC_RV * (np.asarray(wave_rest, dtype=np.float64) / 5500.0) ** SMC_SLOPE
-
-
-@dataclass(frozen=True, slots=True)
-class BalLightCurveEffect:
-    """Every way a BAL quasar's light curve differs from a non-BAL one in the simulation. Nothing else does.
-
-    Defaults reflect SCIENCE.md: BALs are redder on average (Reichard+2003, Gibson+2009) and have
-    no distinctive variability (so ``sf_scale = tau_scale = 1``).
-
-    ``ebv_mean``
-        Mean E(B-V) of SMC-like dust at the quasar redshift, added to BALs only (the Stripe 82
-        colours of non-BALs already carry the ordinary quasar dust). 0.023 is Reichard+2003's
-        HiBAL-vs-non-BAL value; their LoBALs need 0.077. The reddening in observed g-r depends on
-        redshift, ~0.07 mag at z = 2 (see :meth:`expected_color_shift`), inside the 0.05-0.1 mag
-        range usually quoted; it also dims the quasar (~0.3 mag in g at z = 2), applied too.
-    ``ebv_distribution``
-        ``"exponential"`` (default: most BALs are barely reddened, a tail is dusty) or ``"fixed"``.
-    ``color_shift_gr``
-        An extra, purely empirical g-r shift (mag) on top of the dust, applied as a linear tilt in
-        wavelength that is zero at r (+shift at g). Default 0: the dust already gives the colour.
-    ``sf_scale``, ``tau_scale``
-        Multipliers of the DRW SF_inf and tau for BALs. Default 1: no distinctive variability.
-    """
-
-    ebv_mean: float = 0.023
-    ebv_distribution: Literal["exponential", "fixed"] = "exponential"
-    color_shift_gr: float = 0.0
-    sf_scale: float = 1.0
-    tau_scale: float = 1.0
-
-    @classmethod
-    def none(cls) -> BalLightCurveEffect:
-        """No difference at all between BAL and non-BAL light curves (for null tests)."""
-        return cls(ebv_mean=0.0, ebv_distribution="fixed", color_shift_gr=0.0, sf_scale=1.0, tau_scale=1.0)
-
-    def draw_ebv(self, rng: np.random.Generator) -> float:
-        """E(B-V) of one BAL quasar."""
-        if self.ebv_mean <= 0:
-            return 0.0
-        if self.ebv_distribution == "fixed":
-            return float(self.ebv_mean)
-        return float(rng.exponential(self.ebv_mean))
-
-    def magnitude_offsets(self, z: float, ebv: float, survey: Survey) -> dict[str, float]:
-        """Per-band magnitude change of a BAL (dust extinction at rest wavelength + colour tilt)."""
-        waves = EFF_WAVELENGTH[survey]
-        lam_g, lam_r = EFF_WAVELENGTH["lsst"]["g"], EFF_WAVELENGTH["lsst"]["r"]
-        out = {}
-        for band, lam in waves.items():
-            a = float(smc_extinction(lam / (1.0 + z), ebv)) if ebv > 0 else 0.0
-            tilt = self.color_shift_gr * (lam_r - lam) / (lam_r - lam_g)
-            out[band] = a + tilt
-        return out
-
-    def expected_color_shift(self, z: float = 2.0, survey: Survey = "ztf") -> float:
-        """Mean reddening E(g-r) of BALs at redshift ``z`` implied by these settings (for reports)."""
-        off = self.magnitude_offsets(z, self.ebv_mean, survey)
-        return off["g"] - off["r"]
-
-
-# ------------------------------------------------------------------------------------------------
-# The Stripe 82 DRW table
-# ------------------------------------------------------------------------------------------------
-
-#: Columns of ``s82_drw_params.csv``, in file order.
-DRW_COLUMNS: tuple[str, ...] = (
-    "z", "M_i", "mu_g", "mu_r", "u_g", "r_i", "i_z",
-    "log_tau_rest_g", "log_sf_inf_g", "log_tau_rest_r", "log_sf_inf_r",
-)
-
-
-@dataclass(frozen=True)
-class DrwTable:
-    """The compact Stripe 82 DRW parameter table, one array per column (see :data:`DRW_COLUMNS`)."""
-
-    columns: Mapping[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return int(self.columns["z"].shape[0])
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self.columns[key]
-
-    def rows_in_z(self, z_range: tuple[float, float]) -> np.ndarray:
-        z = self.columns["z"]
-        return np.flatnonzero((z >= z_range[0]) & (z <= z_range[1]))
-
-
-def _read_float_csv(path: Path) -> dict[str, np.ndarray]:
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.reader(line for line in fh if not line.startswith("#"))]
-    header, body = rows[0], rows[1:]
-    arr = np.array([[float(v) if v != "" else math.nan for v in r] for r in body], dtype=np.float64)
-    return {name: arr[:, i].copy() for i, name in enumerate(header)}
-
-
-@lru_cache(maxsize=4)
-def load_drw_table(path: str | None = None) -> DrwTable:
-    """Load (once) the compact S82 DRW table shipped in ``training/data``."""
-    p = Path(path) if path else DRW_TABLE_PATH
-    if not p.is_file():
-        raise FileNotFoundError(f"DRW parameter table not found at {p}; rebuild it with build_drw_table()")
-    cols = _read_float_csv(p)
-    missing = [c for c in DRW_COLUMNS if c not in cols]
-    if missing:
-        raise ValueError(f"{p} lacks columns {missing}")
-    return DrwTable({k: cols[k] for k in DRW_COLUMNS})
-
-
-def build_drw_table(shared_quasars: str | Path, out: str | Path = DRW_TABLE_PATH) -> int:
-    """Rebuild ``s82_drw_params.csv`` from the MacLeod+2010 tables in ``../shared/data/quasars``.
-
-    Keeps the rows passing MacLeod's quality cuts in both g and r, converts tau to the rest frame
-    and sigma-hat to SF_inf (see the module docstring), and adds SDSS colours from
-    ``macleod2010_s82_quasars_DB_QSO_S82.csv`` (same row order). Returns the number of rows written.
-    """
-    src = Path(shared_quasars)
-    g = _read_float_csv(src / "macleod2010_s82drw_g.csv")
-    r = _read_float_csv(src / "macleod2010_s82drw_r.csv")
-    db = _read_float_csv(src / "macleod2010_s82_quasars_DB_QSO_S82.csv")
-    if not (np.array_equal(g["ra"], r["ra"]) and np.allclose(db["ra"], g["ra"], atol=1e-6)):
-        raise ValueError("the g, r and DB_QSO_S82 tables are not in the same row order")
-
-    def good(d: dict[str, np.ndarray]) -> np.ndarray:
-        return (
-            (d["npts"] >= 10) & (d["Plike"] - d["Pnoise"] > 2.0) & (d["Plike"] - d["Pinf"] > 0.05)
-            & (d["edge_flag"] == 0) & (d["log10_tau_days"] > -5) & (d["log10_sigma"] > -5)
-        )
-
-    z = g["redshift"]
-    log1pz = np.log10(1.0 + z)
-
-    def sf(d: dict[str, np.ndarray]) -> np.ndarray:
-        return d["log10_sigma"] + 0.5 * (d["log10_tau_days"] - np.log10(365.0))
-
-    def sane(d: dict[str, np.ndarray]) -> np.ndarray:
-        # ~25 fits pass the cuts with absurd values (SF_inf up to 30 mag, tau up to 1e7 d); keep
-        # 0.01 <= SF_inf <= 1.5 mag and 1 <= tau_rest <= 1e4 d (S82 spans ~3,000 observed days).
-        log_tau_rest = d["log10_tau_days"] - log1pz
-        return (sf(d) >= -2.0) & (sf(d) <= np.log10(1.5)) & (log_tau_rest >= 0.0) & (log_tau_rest <= 4.0)
-
-    keep = good(g) & good(r) & sane(g) & sane(r)
-
-    def colour(a: str, b: str) -> np.ndarray:
-        ok = (db[a] > 0) & (db[b] > 0)
-        return np.where(ok, db[a] - db[b], math.nan)
-
-    cols = {
-        "z": z, "M_i": g["M_i"], "mu_g": g["mu"], "mu_r": r["mu"],
-        "u_g": colour("u", "g"), "r_i": colour("r", "i"), "i_z": colour("i", "z"),
-        "log_tau_rest_g": g["log10_tau_days"] - log1pz, "log_sf_inf_g": sf(g),
-        "log_tau_rest_r": r["log10_tau_days"] - log1pz, "log_sf_inf_r": sf(r),
-    }
-    fmt = {"z": "{:.4f}", "M_i": "{:.2f}", "u_g": "{:.2f}", "r_i": "{:.2f}", "i_z": "{:.2f}"}
-    out_p = Path(out)
-    out_p.parent.mkdir(parents=True, exist_ok=True)
-    with out_p.open("w", newline="") as fh:
-        fh.write(f"# MacLeod+2010 Stripe 82 DRW fits (g, r) of {int(keep.sum()):,} quasars passing the quality cuts "
-                 "in both bands.\n")
-        fh.write("# Source: jiwoncpark/magnificat (MIT) s82drw_{g,r}.dat + DB_QSO_S82.dat; "
-                 "see training/data/README.md.\n")
-        fh.write("# tau in rest-frame days (log10), SF_inf in mag (log10); mu = DRW mean mag; "
-                 "colours SDSS, empty = missing.\n")
-        fh.write(",".join(DRW_COLUMNS) + "\n")
-        for i in np.flatnonzero(keep):
-            vals = []
-            for c in DRW_COLUMNS:
-                v = cols[c][i]
-                vals.append("" if not np.isfinite(v) else fmt.get(c, "{:.3f}").format(v))
-            fh.write(",".join(vals) + "\n")
-    load_drw_table.cache_clear()
-    return int(keep.sum())
-
-
-# ------------------------------------------------------------------------------------------------
 # Objects
 # ------------------------------------------------------------------------------------------------
+
 
 
 @dataclass(slots=True)

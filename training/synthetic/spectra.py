@@ -37,12 +37,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-C_KMS: float = 299792.458
-LAM_CIV: float = 1549.06
+from .balnicity import (
+    BI_MIN_WIDTH,
+    BI_THRESHOLD,
+    BI_VMAX,
+    BI_VMIN,
+    C_KMS,
+    LAM_CIV,
+    Convention,
+    balnicity_index,
+    balnicity_index_wave,
+    outflow_velocity,
+    velocity_from_rest,
+)
+
+__all__ = [
+    "BI_MIN_WIDTH", "BI_THRESHOLD", "BI_VMAX", "BI_VMIN", "BRIGHTSKY", "C_KMS", "DLOGLAM", "EMISSION_LINES",
+    "FULLREJECT", "LAM_CIII", "LAM_CIV", "LAM_HEII", "LAM_LYA", "LAM_NV", "LAM_SIIV", "LOGLAM0", "LOGLAM_MAX",
+    "NODATA", "Convention", "Spectrum", "Trough", "balnicity_index", "balnicity_index_wave", "draw_bal_troughs",
+    "draw_narrow_trough", "generate_spectrum", "observed_grid", "outflow_velocity", "transmission", "troughs_bi",
+    "unabsorbed_model", "velocity_from_rest", "write_spec_lite",
+]
+
 LAM_SIIV: float = 1396.76
 LAM_CIII: float = 1908.73
 LAM_LYA: float = 1215.67
@@ -59,11 +79,6 @@ FULLREJECT: int = 1 << 18
 BRIGHTSKY: int = 1 << 23
 NODATA: int = 1 << 24
 
-BI_VMIN: float = 3000.0
-BI_VMAX: float = 25000.0
-BI_MIN_WIDTH: float = 2000.0
-BI_THRESHOLD: float = 0.9
-
 #: (rest wavelength, median rest EW [A], FWHM range [km/s]) of the broad emission lines.
 EMISSION_LINES: tuple[tuple[float, float, tuple[float, float]], ...] = (
     (LAM_LYA, 70.0, (4000.0, 7000.0)),
@@ -73,87 +88,6 @@ EMISSION_LINES: tuple[tuple[float, float, tuple[float, float]], ...] = (
     (LAM_HEII, 2.0, (3000.0, 6000.0)),
     (LAM_CIII, 20.0, (4000.0, 7000.0)),
 )
-
-Convention = Literal["weymann", "full_run"]
-
-
-# ------------------------------------------------------------------------------------------------
-# Velocities and the balnicity index
-# ------------------------------------------------------------------------------------------------
-
-
-def outflow_velocity(wave_obs: np.ndarray, z: float, line: float = LAM_CIV) -> np.ndarray:
-    """Outflow velocity (km/s, positive blueward) of ``line`` absorbed at observed wavelength ``wave_obs``.
-
-    Relativistic Doppler: ``v = c (R^2 - 1)/(R^2 + 1)`` with ``R = line (1 + z) / lambda``.
-    """
-    r2 = (line * (1.0 + z) / np.asarray(wave_obs, dtype=np.float64)) ** 2
-    return C_KMS * (r2 - 1.0) / (r2 + 1.0)
-
-
-def velocity_from_rest(wave_rest: np.ndarray, line: float = LAM_CIV) -> np.ndarray:
-    """Outflow velocity (km/s) for rest-frame wavelengths (the same formula with z = 0)."""
-    return outflow_velocity(wave_rest, 0.0, line)
-
-
-def balnicity_index(
-    velocity: np.ndarray,
-    norm_flux: np.ndarray,
-    *,
-    convention: Convention = "weymann",
-    v_min: float = BI_VMIN,
-    v_max: float = BI_VMAX,
-    min_width: float = BI_MIN_WIDTH,
-    threshold: float = BI_THRESHOLD,
-    dv: float = 5.0,
-) -> float:
-    """Balnicity index (km/s) of a continuum-normalised spectrum given on outflow velocities.
-
-    ``BI = integral_{v_min}^{v_max} [1 - f(v)/0.9] C dv`` (Weymann+1991). The spectrum is linearly
-    interpolated onto a ``dv`` km/s grid over [v_min, v_max] (non-finite fluxes are dropped first),
-    so the result does not depend on the input sampling beyond that interpolation. See the module
-    docstring for the two conventions for C.
-    """
-    v = np.asarray(velocity, dtype=np.float64)
-    f = np.asarray(norm_flux, dtype=np.float64)
-    ok = np.isfinite(v) & np.isfinite(f)
-    v, f = v[ok], f[ok]
-    if v.size < 2:
-        return 0.0
-    order = np.argsort(v)
-    v, f = v[order], f[order]
-    n = round((v_max - v_min) / dv)
-    grid = v_min + dv * (np.arange(n) + 0.5)  # cell centres: each cell weighs dv
-    inside = (grid >= v[0]) & (grid <= v[-1])
-    fg = np.interp(grid, v, f)
-    below = inside & (fg < threshold)
-    if not below.any():
-        return 0.0
-    # Runs of consecutive "below" cells.
-    d = np.diff(np.concatenate([[0], below.astype(np.int8), [0]]))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)  # [start, end) in cell index
-    deficit = 1.0 - fg / threshold
-    total = 0.0
-    need = math.ceil(min_width / dv - 1e-9)
-    for s, e in zip(starts, ends, strict=True):
-        length = e - s
-        if length < need:
-            continue
-        if convention == "weymann":
-            # Counting from the high-velocity end (index e-1 downwards), C turns on after `need` cells.
-            total += float(deficit[s : e - need].sum()) * dv
-        elif convention == "full_run":
-            total += float(deficit[s:e].sum()) * dv
-        else:
-            raise ValueError(f"unknown BI convention {convention!r}")
-    return total
-
-
-def balnicity_index_wave(wave_rest: np.ndarray, norm_flux: np.ndarray, *, line: float = LAM_CIV,
-                         **kwargs: Any) -> float:
-    """:func:`balnicity_index` for a spectrum given on rest-frame wavelengths (Angstrom)."""
-    return balnicity_index(velocity_from_rest(wave_rest, line), norm_flux, **kwargs)
-
 
 # ------------------------------------------------------------------------------------------------
 # Troughs
@@ -316,6 +250,53 @@ def unabsorbed_model(wave_obs: np.ndarray, z: float, rng: np.random.Generator, *
     return model * scale, {"alpha_nu": alpha, "lines": line_truth}
 
 
+def _draw_troughs(rng: np.random.Generator, is_bal: bool, mini_bal_fraction: float,
+                  siiv_fraction: float) -> list[Trough]:
+    """BAL troughs, or (for a non-BAL, with probability ``mini_bal_fraction``) one narrow trough."""
+    if is_bal:
+        return draw_bal_troughs(rng, siiv_fraction=siiv_fraction)
+    if rng.random() < mini_bal_fraction:
+        return draw_narrow_trough(rng)
+    return []
+
+
+def _noise_sigma(wave: np.ndarray, base: np.ndarray, s2n: float) -> np.ndarray:
+    """Per-pixel noise: continuum / S/N, worse at both ends of the spectrograph and at [O I] 5577."""
+    cont_level = float(np.median(base))
+    shape = 1.0 + 1.5 * np.exp(-(wave - 3600.0) / 250.0) + 1.0 * np.exp((wave - 10400.0) / 500.0)
+    shape += 2.0 * np.exp(-0.5 * ((wave - 5577.3) / 3.0) ** 2)  # [O I] sky line residuals
+    return cont_level / s2n * shape
+
+
+def _draw_and_mask(wave: np.ndarray, rng: np.random.Generator, mask_fraction_max: float) -> np.ndarray:
+    """An SDSS-like AND_MASK: scattered rejected pixels, sometimes a run without data, sometimes
+    the bright [O I] sky line flagged."""
+    and_mask = np.zeros(wave.shape, dtype=np.int32)
+    n = wave.size
+    frac = float(rng.uniform(0.0, mask_fraction_max))
+    and_mask[rng.random(n) < frac] |= FULLREJECT
+    if rng.random() < 0.3:
+        run = int(rng.integers(5, 41))
+        s = int(rng.integers(0, max(n - run, 1)))
+        and_mask[s : s + run] |= NODATA
+    sky = np.abs(wave - 5577.3) < 2.5
+    if rng.random() < 0.5:
+        and_mask[sky] |= BRIGHTSKY
+    return and_mask
+
+
+def _observed_bi(wave: np.ndarray, z: float, flux: np.ndarray, base: np.ndarray, masked: np.ndarray) -> float:
+    """BI of what an observer sees: noisy flux / true unabsorbed model, 5-pixel smoothing, masked
+    pixels interpolated (NaN, hence BI of no pixels, when almost everything is masked)."""
+    n = wave.size
+    good = ~masked
+    obs_norm = np.full(n, np.nan)
+    if good.sum() > 5:
+        ratio = np.interp(np.arange(n), np.flatnonzero(good), (flux / base)[good])
+        obs_norm = np.convolve(ratio, np.ones(5) / 5.0, mode="same")
+    return balnicity_index(outflow_velocity(wave, z), obs_norm)
+
+
 def generate_spectrum(
     z: float,
     is_bal: bool,
@@ -342,44 +323,20 @@ def generate_spectrum(
     wave = np.power(10.0, loglam)
     base, model_truth = unabsorbed_model(wave, z, rng, r_mag=r_mag, ebv=ebv)
     if troughs is None:
-        if is_bal:
-            troughs = draw_bal_troughs(rng, siiv_fraction=siiv_fraction)
-        elif rng.random() < mini_bal_fraction:
-            troughs = draw_narrow_trough(rng)
-        else:
-            troughs = []
+        troughs = _draw_troughs(rng, is_bal, mini_bal_fraction, siiv_fraction)
     trans = transmission(wave, z, troughs)
     model = base * trans
     # Noiseless BI on the normalised spectrum, over the full velocity range (not only the observed pixels).
     bi = troughs_bi(troughs)
     s2n = float(rng.uniform(*snr_range)) if snr is None else float(snr)
-    cont_level = float(np.median(base))
-    shape = 1.0 + 1.5 * np.exp(-(wave - 3600.0) / 250.0) + 1.0 * np.exp((wave - 10400.0) / 500.0)
-    shape += 2.0 * np.exp(-0.5 * ((wave - 5577.3) / 3.0) ** 2)  # [O I] sky line residuals
-    sigma = cont_level / s2n * shape
+    sigma = _noise_sigma(wave, base, s2n)
     flux = model + sigma * rng.standard_normal(wave.shape)
     ivar = 1.0 / sigma**2
-    and_mask = np.zeros(wave.shape, dtype=np.int32)
-    n = wave.size
-    frac = float(rng.uniform(0.0, mask_fraction_max))
-    and_mask[rng.random(n) < frac] |= FULLREJECT
-    if rng.random() < 0.3:
-        run = int(rng.integers(5, 41))
-        s = int(rng.integers(0, max(n - run, 1)))
-        and_mask[s : s + run] |= NODATA
-    sky = np.abs(wave - 5577.3) < 2.5
-    if rng.random() < 0.5:
-        and_mask[sky] |= BRIGHTSKY
+    and_mask = _draw_and_mask(wave, rng, mask_fraction_max)
     masked = and_mask != 0
     ivar[masked] = 0.0
     flux[(and_mask & NODATA) != 0] = 0.0
-    # BI of what an observer sees: noisy flux / true unabsorbed model, 5-pixel smoothing, masked interpolated.
-    good = ~masked
-    obs_norm = np.full(n, np.nan)
-    if good.sum() > 5:
-        ratio = np.interp(np.arange(n), np.flatnonzero(good), (flux / base)[good])
-        obs_norm = np.convolve(ratio, np.ones(5) / 5.0, mode="same")
-    bi_obs = balnicity_index(outflow_velocity(wave, z), obs_norm)
+    bi_obs = _observed_bi(wave, z, flux, base, masked)
     truth = {
         "troughs": [t.as_dict() for t in troughs],
         "snr": s2n,
