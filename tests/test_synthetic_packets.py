@@ -172,11 +172,3 @@ def test_write_night(tmp_path: Path) -> None:
             assert p.read_bytes()[:4] == b"Obj\x01"
         else:
             assert p.read_bytes()[0] == 0
-
-
-def test_stamp_fallbacks_work() -> None:
-    rng = np.random.default_rng(0)
-    imgs = P.fallback_render_triplet("point", 19.0, rng, size=63, ref_mag=19.5)
-    assert {k: v.shape for k, v in imgs.items()} == {k: (63, 63) for k in ("science", "template", "difference")}
-    data = P.fallback_encode_stamp(imgs["difference"])
-    assert _fits_image(gzip.decompress(data)).shape == (63, 63)

@@ -12,12 +12,6 @@ The generator lives in per-survey modules; this module re-exports their public n
 
 from __future__ import annotations
 
-import gzip
-import io
-import math
-
-import numpy as np
-
 from .avro_schemas import (
     RUBIN_SCHEMA_VERSION,
     SYNTHETIC_PI,
@@ -66,8 +60,6 @@ __all__ = [
     "ZTF_WINDOW_DAYS",
     "AlertContext",
     "avro_container",
-    "fallback_encode_stamp",
-    "fallback_render_triplet",
     "generate_alert",
     "generate_night",
     "gzip_rle",
@@ -85,36 +77,3 @@ __all__ = [
     "ztf_schema",
     "ztf_schema_json",
 ]
-
-
-# The two stand-ins below are no longer used by the generator (stamps and
-# broker_plugin.photometry.cutouts are always importable in an install); they stay only because
-# tests/test_synthetic_packets.py::test_stamp_fallbacks_work calls them. Delete them with that test.
-
-
-def fallback_render_triplet(kind: str, mag: float, rng: np.random.Generator, size: int = 63,
-                            ref_mag: float | None = None) -> dict[str, np.ndarray]:
-    """Minimal stand-in for ``stamps.render_triplet``: Gaussian PSFs on a noisy sky (unused; see above)."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
-    c = size // 2
-    fwhm = float(rng.uniform(1.5, 3.0))
-    s = fwhm / 2.3548
-    psf = np.exp(-0.5 * ((x - c) ** 2 + (y - c) ** 2) / s**2) / (2 * np.pi * s * s)
-    zp = 26.2
-    f_sci = 10 ** (-0.4 * (mag - zp))
-    f_ref = 10 ** (-0.4 * (ref_mag - zp)) if ref_mag is not None and np.isfinite(ref_mag) else 0.0
-    sky = float(rng.uniform(60, 350))
-    sci = sky + f_sci * psf + rng.normal(0, math.sqrt(sky), (size, size))
-    ref = sky + f_ref * psf + rng.normal(0, math.sqrt(sky) / 4, (size, size))
-    return {"science": sci.astype(np.float32), "template": ref.astype(np.float32),
-            "difference": (sci - ref).astype(np.float32)}
-
-
-def fallback_encode_stamp(arr: np.ndarray, *, compress: bool = True) -> bytes:
-    """Minimal stand-in for ``broker_plugin.photometry.cutouts.encode_stamp`` (unused; see above)."""
-    from astropy.io import fits
-
-    buf = io.BytesIO()
-    fits.PrimaryHDU(np.asarray(arr, dtype=np.float32)).writeto(buf)
-    raw = buf.getvalue()
-    return gzip.compress(raw, compresslevel=6, mtime=0) if compress else raw
