@@ -14,7 +14,7 @@ Layers of ``broker_plugin`` (a module may import its own package and anything be
     4  models/       bundle, inference, scoring, annotation
     5  pipeline      the one data path, a batch at a time
     6  stream/ | files/   the two ways to run it: Kafka, archives (neither imports the other)
-    7  broker/       embedded broker and publish tooling (uses stream's Kafka configuration)
+    7  broker/       embedded broker and publish tooling (uses stream's Kafka configuration and files' sources)
     8  cli           the composition root (``__main__`` above it)
 """
 
