@@ -39,7 +39,7 @@ class KafkaConfig:
     group_id: str = "bal-broker"
     input_topics: tuple[str, ...] = ()
     #: A regular expression (librdkafka subscribes to ``^``-prefixed names as patterns), e.g.
-    #: ``^ztf_\\d{8}_programid1$`` for the daily ZTF topics. Used in addition to input_topics.
+    #: ``^ztf_[0-9]{8}_programid1$`` for the daily ZTF topics. Used in addition to input_topics.
     input_pattern: str | None = None
     output_topic: str = "bal-annotated"
     candidate_topic: str = "bal-candidates"
@@ -109,15 +109,43 @@ class ServiceConfig:
         _validate(self)
 
 
+#: Perl-style class escapes that Python's ``re`` knows and librdkafka's own regex engine lacks: a
+#: pattern with ``\d`` matches no topic there, silently (measured; the others are the same family and
+#: refused the same way, with the bracket form to write instead).
+_UNSUPPORTED_ESCAPES = {"d": "[0-9]", "D": "[^0-9]", "w": "[A-Za-z0-9_]", "W": "[^A-Za-z0-9_]",
+                        "s": "[ ]", "S": "[^ ]", "b": None, "B": None, "A": "^", "Z": "$", "z": "$"}
+
+
+def _check_librdkafka_pattern(pattern: str) -> None:
+    """Validate a topic pattern as librdkafka will read it, not as Python would.
+
+    Measured against the embedded broker: ``^ztf_[0-9]{8}_programid1$`` matches
+    ``ztf_20261202_programid1`` and ``^ztf_\\d{8}_programid1$`` matches nothing.
+    """
+    i = 0
+    while i < len(pattern) - 1:
+        if pattern[i] == "\\":
+            nxt = pattern[i + 1]
+            if nxt in _UNSUPPORTED_ESCAPES:
+                use = _UNSUPPORTED_ESCAPES[nxt]
+                hint = f"; write {use} instead" if use else ""
+                raise ConfigError(f"kafka.input_pattern: librdkafka's regex has no \\{nxt} (it would match no "
+                                  f"topic){hint}")
+            i += 2
+            continue
+        i += 1
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"kafka.input_pattern is not a valid regular expression: {exc}") from None
+
+
 def _validate(cfg: ServiceConfig) -> None:
     k, p, o = cfg.kafka, cfg.processing, cfg.observability
     if not k.input_topics and not k.input_pattern:
         raise ConfigError("kafka: set input_topics or input_pattern (nothing to consume)")
     if k.input_pattern is not None:
-        try:
-            re.compile(k.input_pattern)
-        except re.error as exc:
-            raise ConfigError(f"kafka.input_pattern is not a valid regular expression: {exc}") from None
+        _check_librdkafka_pattern(k.input_pattern)
     if k.auto_offset_reset not in ("earliest", "latest"):
         raise ConfigError("kafka.auto_offset_reset must be 'earliest' or 'latest'")
     if k.security_protocol.upper() not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
@@ -229,7 +257,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        # The value is never shown: it may be a secret.
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__}")
     if origin is tuple:
         if isinstance(value, str):
             value = [value]
@@ -267,6 +296,47 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _env_target_type(path: list[str]) -> Any:
+    """The annotation of the setting an environment path names, or None when it names none."""
+    tp: Any = ServiceConfig
+    for part in path:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+def _is_text(tp: Any) -> bool:
+    """A ``str`` or ``str | None`` setting: its environment value is taken verbatim."""
+    if tp is str:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args == [str]
+    return False
+
+
+def _env_value(key: str, raw: str, path: list[str]) -> Any:
+    """An environment override's value.
+
+    Why not YAML for everything: a password such as ``0123456`` (YAML: the octal 42798), ``0x1F``,
+    ``null`` or ``pa ss #x`` (YAML: a comment) must reach librdkafka exactly as the Secret holds it.
+    Text settings therefore take the string verbatim; numbers, flags, lists and mappings are read
+    as YAML, and a value that is not valid YAML is passed on as the string for type checking.
+    """
+    if _is_text(_env_target_type(path)):
+        return raw
+    if raw == "":
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
@@ -274,10 +344,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, An
         path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
         if len(path) < 2:
             raise ConfigError(f"environment override {key}: use {ENV_PREFIX}SECTION__KEY")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
+        value = _env_value(key, raw, path)
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -98,3 +98,47 @@ def test_time_window_accepts_iso_and_epoch_ms(config_file) -> None:
 def test_bad_time_window_is_one_line(config_file, text: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         load_config(config_file("kafka:\n  input_topics: [a]\n" + text), environ={})
+
+
+@pytest.mark.parametrize("raw", ["0123456", "0x1F", "null", "pa ss #x", "[a, b]", "{k: v}", "", "true", "1e3"])
+def test_string_settings_take_the_environment_verbatim(config_file, raw: str) -> None:
+    """A Secret's bytes reach librdkafka unchanged: YAML would read 0123456 as 42798, drop '#x'..."""
+    env = {"BAL_BROKER__KAFKA__SASL_PASSWORD": raw, "BAL_BROKER__KAFKA__SASL_USERNAME": raw}
+    cfg = load_config(config_file("kafka:\n  input_topics: [a]\n"), environ=env)
+    assert cfg.kafka.sasl_password == raw
+    assert cfg.kafka.sasl_username == raw
+
+
+def test_a_type_error_never_shows_the_value(config_file) -> None:
+    """A wrong type in a setting that may hold a secret names the key and the type, never the value."""
+    text = "kafka:\n  input_topics: [a]\n  sasl_password: [hunter2, s3cret]\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(config_file(text), environ={})
+    assert "sasl_password" in str(err.value)
+    assert "hunter2" not in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_typed_settings_from_the_environment_are_still_parsed(config_file) -> None:
+    env = {"BAL_BROKER__PROCESSING__BATCH_SIZE": "0x20", "BAL_BROKER__KAFKA__INPUT_TOPICS": "[x, y]"}
+    cfg = load_config(config_file("kafka:\n  input_topics: [a]\n"), environ=env)
+    assert cfg.processing.batch_size == 32
+    assert cfg.kafka.input_topics == ("x", "y")
+
+
+@pytest.mark.parametrize("pattern", [r"^ztf_\d{8}_programid1$", r"^lsst-\w+$", r"^a\sb$"])
+def test_patterns_librdkafka_cannot_read_are_refused(config_file, pattern: str) -> None:
+    """Python's re accepts \\d; librdkafka's engine matches nothing with it (checked on the embedded broker)."""
+    with pytest.raises(ConfigError, match="librdkafka's regex has no"):
+        load_config(config_file(f"kafka:\n  input_pattern: '{pattern}'\n"), environ={})
+
+
+@pytest.mark.parametrize("pattern", [r"^ztf_[0-9]{8}_programid1$", r"^lsst-alerts-v[0-9]+$", r"^a\.b\\d$"])
+def test_patterns_librdkafka_reads_are_accepted(config_file, pattern: str) -> None:
+    cfg = load_config(config_file(f"kafka:\n  input_pattern: '{pattern}'\n"), environ={})
+    assert cfg.kafka.input_pattern == pattern
+
+
+@pytest.mark.parametrize("path", ["deploy/compose/config.yaml"])
+def test_shipped_configurations_use_readable_patterns(path: str) -> None:
+    cfg = load_config(Path(__file__).resolve().parent.parent / path, environ={})
+    assert cfg.kafka.input_pattern is None or "\\d" not in cfg.kafka.input_pattern
