@@ -8,6 +8,7 @@ keeps streaming, replay and training on one data path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -91,7 +92,48 @@ class Alert:
     cutouts: dict[str, bytes | None] = field(default_factory=dict)
     meta: dict[str, float] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
+    #: Per-band aggregates the survey computed over the object's whole history (Rubin ``diaObject``:
+    #: ``g_psfFluxMean``, ``g_psfFluxSigma``, ``g_psfFluxNdata``, ...; ``firstDiaSourceMjdTai``...),
+    #: merged with the history store's latest values where a store is used; empty for ZTF.
+    aggregates: dict[str, float] = field(default_factory=dict)
+    #: What the light curves rest on, as the output record's ``history`` (:func:`history_summary`);
+    #: None until the history stage ran (the packet alone then).
+    history: dict[str, Any] | None = None
 
     def n_points(self) -> dict[str, int]:
         """Points per band actually used, as the output record's ``n_points``."""
         return {b: len(lc) for b, lc in sorted(self.lightcurves.items())}
+
+    def history_summary(self) -> dict[str, Any]:
+        """The output record's ``history``: points per band by origin and the span in days.
+
+        Origins: ``packet`` (the alert itself), ``store`` (earlier alerts of the object, from the
+        history store), ``data_release`` (imported survey light curves), ``other_survey`` (the same
+        object seen by the other survey, with ``history.cross_survey``). Without a history stage
+        every point is the packet's.
+        """
+        if self.history is not None:
+            return self.history
+        return packet_history(self.lightcurves)
+
+
+#: The origins of light-curve points in the output record's ``history``, in record order.
+HISTORY_ORIGINS: tuple[str, ...] = ("packet", "store", "data_release", "other_survey")
+
+
+def lightcurve_span_days(lightcurves: Mapping[str, LightCurve]) -> float:
+    """Days between the first and last point of any band (0.0 with fewer than two points)."""
+    lo, hi = math.inf, -math.inf
+    for lc in lightcurves.values():
+        if len(lc):
+            lo = min(lo, float(lc.mjd[0]))
+            hi = max(hi, float(lc.mjd[-1]))
+    return hi - lo if hi > lo else 0.0
+
+
+def packet_history(lightcurves: Mapping[str, LightCurve]) -> dict[str, Any]:
+    """The ``history`` of light curves that hold the packet's points only."""
+    out: dict[str, Any] = {o: {} for o in HISTORY_ORIGINS}
+    out["packet"] = {b: len(lc) for b, lc in sorted(lightcurves.items())}
+    out["span_days"] = lightcurve_span_days(lightcurves)
+    return out

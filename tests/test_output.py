@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from broker_plugin.alert import HISTORY_ORIGINS
 from broker_plugin.errors import ConfigError
 from broker_plugin.files.output import (
     RECORD_FIELDS,
@@ -41,6 +42,8 @@ def _record(i: int, **over: Any) -> dict[str, Any]:
         "bal_fusion_prob": None,
         "candidate_score": None,
         "is_candidate": False,
+        "history": {"packet": {"g": 3 + i, "r": 0}, "store": {}, "data_release": {}, "other_survey": {},
+                    "span_days": 0.0 if i == 0 else 1.5 * i},
         "flags": ["no_model_bundle"] if i % 2 else [],
         "model_version": "none",
     }
@@ -58,6 +61,7 @@ def _read_back(path: Path) -> list[dict[str, Any]]:
     rows = pq.read_table(path).to_pylist()
     for r in rows:
         r["n_points"] = dict(r["n_points"])
+        r["history"] = {k: v if k == "span_days" else dict(v) for k, v in r["history"].items()}
     return rows
 
 
@@ -103,7 +107,66 @@ def test_avro_and_parquet_types_are_explicit(tmp_path: Path) -> None:
     np_type = schema.field("n_points").type
     assert pa.types.is_map(np_type) and np_type.key_type == pa.string() and np_type.item_type == pa.int32()
     assert [f.name for f in schema.field("features").type] == list(NAMES)
+    hist = schema.field("history")
+    assert not hist.nullable and [f.name for f in hist.type] == [*HISTORY_ORIGINS, "span_days"]
+    for origin in HISTORY_ORIGINS:
+        t = hist.type.field(origin).type
+        assert pa.types.is_map(t) and t.key_type == pa.string() and t.item_type == pa.int32()
+    assert hist.type.field("span_days").type == pa.float64()
     assert schema.metadata[b"bal_broker.feature_version"] == b"9.9"
+
+
+def _rich_history(i: int) -> dict[str, Any]:
+    """A history with points of every origin, bands of both surveys and an empty map among them."""
+    return {
+        "packet": {"g": 1 + i, "r": 2},
+        "store": {"g": 10 * i, "r": 7, "i": 0},
+        "data_release": {"u": 2**20, "g": 300 + i, "r": 250, "z": 1} if i % 2 else {},
+        "other_survey": {"y": 4} if i == 3 else {},
+        "span_days": 3650.123456789 + i,
+    }
+
+
+def test_history_round_trips_identically_through_every_format(tmp_path: Path) -> None:
+    records = [_record(i, history=_rich_history(i)) for i in range(4)]
+    backs = {}
+    for ext in (".jsonl", ".avro", ".parquet"):
+        path = tmp_path / f"h{ext}"
+        with open_writer(path, feature_names=NAMES) as w:
+            w.write(records)
+        backs[ext] = _read_back(path)
+        assert [r["history"] for r in backs[ext]] == [r["history"] for r in records], ext
+        for r in backs[ext]:
+            assert list(r["history"]) == [*HISTORY_ORIGINS, "span_days"], ext
+            assert all(isinstance(c, int) for o in HISTORY_ORIGINS for c in r["history"][o].values()), ext
+            assert isinstance(r["history"]["span_days"], float), ext
+            assert tuple(r) == RECORD_FIELDS, ext
+    # band order inside each map survives too, not only the mapping
+    for ext, back in backs.items():
+        assert [[list(r["history"][o]) for o in HISTORY_ORIGINS] for r in back] == \
+            [[list(r["history"][o]) for o in HISTORY_ORIGINS] for r in records], ext
+
+
+def test_avro_readers_of_older_files_get_the_history_default(tmp_path: Path) -> None:
+    """A file written with the schema before ``history`` reads, with today's schema, as empty maps and 0.0."""
+    old_schema = annotation_schema() | {"fields": [f for f in annotation_schema()["fields"] if f["name"] != "history"]}
+    old = {k: v for k, v in _record(1).items() if k != "history"}
+    path = tmp_path / "old.avro"
+    with open(path, "wb") as fh:
+        fastavro.writer(fh, fastavro.parse_schema(old_schema), [old])
+    with open(path, "rb") as fh:
+        (back,) = list(fastavro.reader(fh, reader_schema=fastavro.parse_schema(annotation_schema())))
+    assert back["history"] == {"packet": {}, "store": {}, "data_release": {}, "other_survey": {}, "span_days": 0.0}
+    assert {k: v for k, v in back.items() if k != "history"} == old
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".avro", ".parquet"])
+def test_non_finite_history_span_is_refused(tmp_path: Path, ext: str) -> None:
+    bad = _record(0, history=_rich_history(0) | {"span_days": float("inf")})
+    path = tmp_path / f"span{ext}"
+    with pytest.raises(ValueError), open_writer(path, feature_names=NAMES) as w:
+        w.write([bad])
+    assert not path.exists() and not (tmp_path / f"span{ext}.partial").exists()
 
 
 def test_empty_output_still_has_a_schema(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def _read_any(path: Path) -> list[dict[str, Any]]:
         rows = pq.read_table(path).to_pylist()
         for r in rows:
             r["n_points"] = dict(r["n_points"])
+            r["history"] = {k: v if k == "span_days" else dict(v) for k, v in r["history"].items()}
         return rows
     return [json.loads(line) for line in _lines(path)]
 
@@ -67,6 +68,11 @@ def test_directory_replay_writes_one_record_per_alert_in_order(
         assert r["survey"] == "ztf" and isinstance(r["object_id"], str) and isinstance(r["source_id"], str)
         assert all(isinstance(r[k], float) for k in ("ra", "dec", "mjd"))
         assert all(isinstance(v, int) for v in r["n_points"].values())
+        hist = r["history"]
+        assert list(hist) == ["packet", "store", "data_release", "other_survey", "span_days"]
+        assert all(isinstance(c, int) and c >= 0 for o in list(hist)[:4] for c in hist[o].values())
+        assert sum(hist["packet"].values()) > 0
+        assert isinstance(hist["span_days"], float) and math.isfinite(hist["span_days"]) and hist["span_days"] >= 0
         assert tuple(r["features"]) == tuple(features_mod.FEATURE_NAMES)
         assert all(v is None or (isinstance(v, float) and math.isfinite(v)) for v in r["features"].values())
         # the bundle's rules are tested in test_inference.py

@@ -33,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from broker_plugin.alert import HISTORY_ORIGINS
 from broker_plugin.errors import ConfigError
 from broker_plugin.models.record_schema import annotation_schema
 
@@ -52,7 +53,7 @@ PARTIAL_SUFFIX = ".partial"
 #: The fields of an output record, in contract order (DESIGN.md, "JSONL output record").
 RECORD_FIELDS: tuple[str, ...] = (
     "survey", "object_id", "source_id", "ra", "dec", "mjd", "n_points", "features",
-    "bal_lc_prob", "bal_fusion_prob", "candidate_score", "is_candidate", "flags", "model_version",
+    "bal_lc_prob", "bal_fusion_prob", "candidate_score", "is_candidate", "history", "flags", "model_version",
 )
 
 #: Bytes of the rejected message copied, hex-encoded, into the rejects line (enough to see the
@@ -75,9 +76,15 @@ def parquet_schema(feature_names: Sequence[str], metadata: Mapping[str, str] | N
 
     ``features`` is a struct with one float64 child per feature, in the versioned feature order:
     columnar readers then get one typed column per feature (``features.amplitude_g``) instead of a
-    map that must be exploded. ``n_points`` is a map because bands differ between surveys.
+    map that must be exploded. ``n_points`` is a map because bands differ between surveys, and so
+    are the per-origin counts of the ``history`` struct (its ``span_days`` is a plain float64).
     """
     import pyarrow as pa
+
+    history = pa.struct(
+        [pa.field(o, pa.map_(pa.string(), pa.int32()), nullable=False) for o in HISTORY_ORIGINS]
+        + [pa.field("span_days", pa.float64(), nullable=False)]
+    )
 
     return pa.schema(
         [
@@ -93,6 +100,7 @@ def parquet_schema(feature_names: Sequence[str], metadata: Mapping[str, str] | N
             pa.field("bal_fusion_prob", pa.float64()),
             pa.field("candidate_score", pa.float64()),
             pa.field("is_candidate", pa.bool_(), nullable=False),
+            pa.field("history", history, nullable=False),
             pa.field("flags", pa.list_(pa.string()), nullable=False),
             pa.field("model_version", pa.string(), nullable=False),
         ],
@@ -240,7 +248,7 @@ class ParquetWriter:
             if len(feats) != len(names) or any(n not in feats for n in names):
                 unknown = sorted(set(feats) ^ set(names))
                 raise ValueError(f"record features differ from the output's feature list: {unknown[:5]}")
-            rows.append({**r, "n_points": list(r["n_points"].items())})
+            rows.append({**r, "n_points": list(r["n_points"].items()), "history": _history_row(r["history"])})
         table = pa.Table.from_pylist(rows, schema=self.schema)
         self._writer.write_table(table, row_group_size=self.row_group_size)
         self._buffer.clear()
@@ -273,6 +281,13 @@ class ParquetWriter:
             self.abort()
 
 
+def _history_row(history: Mapping[str, Any]) -> dict[str, Any]:
+    """``history`` as Arrow takes it: each band map as a list of (band, count) pairs, like ``n_points``."""
+    row: dict[str, Any] = {o: list(history[o].items()) for o in HISTORY_ORIGINS}
+    row["span_days"] = history["span_days"]
+    return row
+
+
 def _check_finite(record: Mapping[str, Any]) -> Mapping[str, Any]:
     """Refuse NaN/inf in the float fields, as JSON's allow_nan=False does, so the three formats
     agree: a NaN must have become null upstream (it is a bug in the annotator otherwise)."""
@@ -283,6 +298,9 @@ def _check_finite(record: Mapping[str, Any]) -> Mapping[str, Any]:
     for k, v in record["features"].items():
         if v is not None and not math.isfinite(v):
             raise ValueError(f"non-finite feature {k}={v!r} in output record {record.get('source_id')}")
+    span = record["history"]["span_days"]
+    if not math.isfinite(span):
+        raise ValueError(f"non-finite history.span_days={span!r} in output record {record.get('source_id')}")
     return record
 
 

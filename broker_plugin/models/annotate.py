@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from broker_plugin.alert import Alert
+from broker_plugin.alert import HISTORY_ORIGINS, Alert
 from broker_plugin.errors import ConfigError
 from broker_plugin.models.bundle import MANIFEST, ModelBundle, default_bundle_path
 from broker_plugin.models.inference import BundleStage
@@ -83,6 +83,16 @@ def _opt_float(v: Any) -> float | None:
         return None
     f = float(v)
     return f if math.isfinite(f) else None
+
+
+def _history(alert: Alert) -> dict[str, Any]:
+    """The record's ``history``: a fresh copy of :meth:`Alert.history_summary` (plain ``str -> int``
+    maps per origin, in :data:`~broker_plugin.alert.HISTORY_ORIGINS` order, then ``span_days`` as a
+    float), so a record never aliases the alert's state and every output format gets the same types."""
+    h = alert.history_summary()
+    out: dict[str, Any] = {o: {str(b): int(k) for b, k in h[o].items()} for o in HISTORY_ORIGINS}
+    out["span_days"] = float(h["span_days"])
+    return out
 
 
 def _merge_flags(*groups: Sequence[str] | None) -> list[str]:
@@ -178,6 +188,7 @@ class Annotator:
                     is_candidate=cand[i],
                 )
                 flags = _merge_flags(a.flags, feature_flags[i], pflags[i] if pflags else None)
+            rec["history"] = _history(a)
             rec["flags"] = flags
             rec["model_version"] = self.model_version
             out.append(rec)

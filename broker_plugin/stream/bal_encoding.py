@@ -62,6 +62,13 @@ _FAST_LAYOUT: tuple[tuple[str, Any], ...] = (
     ("features", {"type": "map", "values": ["null", "double"]}),
     ("bal_lc_prob", ["null", "double"]), ("bal_fusion_prob", ["null", "double"]),
     ("candidate_score", ["null", "double"]), ("is_candidate", "boolean"),
+    ("history", {"type": "record", "name": "history", "namespace": "bal_broker", "fields": [
+        {"name": "packet", "type": {"type": "map", "values": "int"}},
+        {"name": "store", "type": {"type": "map", "values": "int"}},
+        {"name": "data_release", "type": {"type": "map", "values": "int"}},
+        {"name": "other_survey", "type": {"type": "map", "values": "int"}},
+        {"name": "span_days", "type": "double"},
+    ]}),
     ("flags", {"type": "array", "items": "string"}), ("model_version", "string"),
 )
 _fast_ok: bool | None = None
@@ -164,6 +171,15 @@ def _put_optional_double_map(ap: Append, m: Any) -> bool:
     return True
 
 
+def _put_history(ap: Append, h: Any) -> bool:
+    """The ``history`` record: its four ``{"type": "map", "values": "int"}`` fields, then ``span_days``."""
+    if type(h) is not dict:
+        return False
+    return (_put_int_map(ap, h["packet"]) and _put_int_map(ap, h["store"])
+            and _put_int_map(ap, h["data_release"]) and _put_int_map(ap, h["other_survey"])
+            and _put_doubles(ap, h, ("span_days",)))
+
+
 def _put_bool(ap: Append, v: Any) -> bool:
     if type(v) is not bool:
         return False
@@ -198,6 +214,7 @@ def _encode_bal_fast(r: Mapping[str, Any]) -> bytes | None:
               and _put_optional_double_map(ap, r["features"])
               and _put_optional_doubles(ap, r, ("bal_lc_prob", "bal_fusion_prob", "candidate_score"))
               and _put_bool(ap, r["is_candidate"])
+              and _put_history(ap, r["history"])
               and _put_string_array(ap, r["flags"])
               and _put_strings(ap, r, ("model_version",)))
     except (KeyError, TypeError):
