@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 import os
 import re
 import types
@@ -92,6 +93,23 @@ class ModelsConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The object history store (broker_plugin.history; the README's "History store"): ``backend``
+    ``none`` (packets alone), ``sqlite`` (one machine: ``path``) or ``postgresql`` (several workers or
+    pods: ``url``, with its password from the environment, ``BAL_BROKER__HISTORY__URL``)."""
+
+    backend: str = "none"
+    path: str | None = None
+    url: str | None = None
+    #: Objects within this distance (arcsec) are one object (a ZTF objectId, its data-release
+    #: light curve, and with cross_survey the same source seen by Rubin).
+    radius_arcsec: float = 1.5
+    cross_survey: bool = False
+    #: Retention: points older than this many days before an alert are not read for it (None: all).
+    window_days: float | None = None
+
+
+@dataclass(frozen=True)
 class ObservabilityConfig:
     metrics_port: int = 9108  # 0 disables the Prometheus endpoint
     log_level: str = "INFO"
@@ -103,6 +121,7 @@ class ServiceConfig:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     processing: ProcessingConfig = field(default_factory=ProcessingConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
     def __post_init__(self) -> None:
@@ -179,6 +198,23 @@ def _validate(cfg: ServiceConfig) -> None:
         raise ConfigError("observability.log_format must be 'json' or 'text'")
     if cfg.models.bundle is not None and not Path(cfg.models.bundle).is_dir():
         raise ConfigError(f"models.bundle: not a directory: {cfg.models.bundle}")
+    _validate_history(cfg.history)
+
+
+MAX_HISTORY_RADIUS_ARCSEC = 60.0  # the zone height of broker_plugin.history.sky: the largest radius it serves
+
+
+def _validate_history(h: HistoryConfig) -> None:
+    if h.backend not in ("none", "sqlite", "postgresql"):
+        raise ConfigError(f"history.backend must be none, sqlite or postgresql, got {h.backend!r}")
+    if (h.backend, bool(h.path)) == ("sqlite", False):
+        raise ConfigError("history.backend sqlite needs history.path (a file)")
+    if h.backend == "postgresql" and not (h.url or "").startswith(("postgresql://", "postgres://")):
+        raise ConfigError("history.backend postgresql needs history.url (postgresql://USER@HOST:PORT/DB)")
+    if not (math.isfinite(h.radius_arcsec) and 0.0 < h.radius_arcsec <= MAX_HISTORY_RADIUS_ARCSEC):
+        raise ConfigError(f"history.radius_arcsec must be in (0, {MAX_HISTORY_RADIUS_ARCSEC:g}]")
+    if h.window_days is not None and not (math.isfinite(h.window_days) and h.window_days > 0):
+        raise ConfigError("history.window_days must be a positive number of days (or null: no limit)")
 
 
 def parse_time_ms(value: str, where: str = "time") -> int:

@@ -21,6 +21,7 @@ from typing import Any
 from broker_plugin.alert import Alert
 from broker_plugin.decode import default_decoder
 from broker_plugin.errors import DecodeError
+from broker_plugin.history import HistoryStage
 from broker_plugin.models.annotate import check_alert
 
 #: Reason recorded for an unexpected exception (a bug), whatever the stage.
@@ -61,6 +62,7 @@ class ProcessedBatch:
     rejects: list[Rejected] = field(default_factory=list)
     decode_s: float = 0.0
     annotate_s: float = 0.0
+    history_s: float = 0.0
 
 
 def settle_heap() -> None:
@@ -85,8 +87,8 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
-def process_batch(annotator: Any, payloads: Sequence[bytes], *,
-                  decode: Callable[[bytes], Alert] | None = None) -> ProcessedBatch:
+def process_batch(annotator: Any, payloads: Sequence[bytes], *, decode: Callable[[bytes], Alert] | None = None,
+                  history: HistoryStage | None = None) -> ProcessedBatch:
     """Decode and annotate ``payloads`` (one alert message each) with ``annotator``.
 
     ``decode`` defaults to the default decoder's batch path
@@ -94,6 +96,11 @@ def process_batch(annotator: Any, payloads: Sequence[bytes], *,
     :func:`~broker_plugin.decode.decode_alert` on each message, light curves built for the batch at
     once); a given ``decode`` is called per message. Never raises for bad input or a bug in
     decode/features/models: those become :class:`Rejected` entries.
+
+    ``history``: the object history stage. The batch's objects are read once before the features
+    (every alert then carries its merged light curve) and the batch's points written once after
+    annotation; :class:`~broker_plugin.history.StoreError` propagates, with nothing written, so
+    the caller can retry the whole batch (nothing of it has been produced or committed yet).
     """
     out = ProcessedBatch()
     t0 = time.perf_counter()
@@ -121,10 +128,15 @@ def process_batch(annotator: Any, payloads: Sequence[bytes], *,
             continue
         alerts.append(alert)
         indices.append(i)
+    pending = history.merge(alerts) if history is not None else None
     t1 = time.perf_counter()
     out.decode_s = t1 - t0
     _annotate(annotator, alerts, indices, out)
-    out.annotate_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    out.annotate_s = t2 - t1
+    if history is not None and pending is not None:
+        history.write(pending)
+        out.history_s = time.perf_counter() - t2
     return out
 
 

@@ -61,8 +61,9 @@ def make_config(bootstrap: str, input_topic: str, **sections: Mapping[str, Any])
     overrides = {"kafka": kafka,
                  "processing": {"batch_timeout_s": 0.2, **sections.get("processing", {})},
                  "observability": {"metrics_port": 0, **sections.get("observability", {})}}
-    if "models" in sections:
-        overrides["models"] = dict(sections["models"])
+    for name in ("models", "history"):
+        if name in sections:
+            overrides[name] = dict(sections[name])
     return load_config(overrides=overrides, environ={})
 
 

@@ -36,7 +36,7 @@ LAYERS: dict[str, int] = {
     "config": 1, "args": 1,
     "photometry": 2,
     "decode": 3,
-    "models": 4,
+    "models": 4, "history": 4,
     "pipeline": 5,
     "stream": 6, "files": 6,
     "broker": 7,

@@ -23,6 +23,17 @@ LSST_META_FIELDS: tuple[str, ...] = (
     "nDiaSources",  # diaObject: detections of the object so far (v8+)
 )
 
+#: The per-object aggregates of a Rubin ``diaObject`` kept as ``Alert.aggregates`` (and in the history
+#: store): per band, the statistics Rubin computes over the object's whole history (twelve months of
+#: detections and forced photometry, more than the packet's sources), and the object's time span.
+#: Names as in lsst.alert.packet 7.0-11.x; a field absent from a version is simply not there.
+RUBIN_AGGREGATE_STATS: tuple[str, ...] = ("psfFluxMean", "psfFluxMeanErr", "psfFluxSigma", "psfFluxChi2",
+                                          "psfFluxNdata", "fpFluxMean", "fpFluxMeanErr", "fpFluxSigma",
+                                          "scienceFluxMean", "scienceFluxMeanErr", "psfFluxMin", "psfFluxMax")
+RUBIN_AGGREGATE_FIELDS: tuple[str, ...] = (
+    *(f"{b}_{stat}" for b in LSST_BANDS for stat in RUBIN_AGGREGATE_STATS),
+    "firstDiaSourceMjdTai", "lastDiaSourceMjdTai", "nDiaSources")
+
 _LSST_SCHEMA_FIELD = re.compile(r"v?(\d+)[._](\d+)")
 
 #: The fields :func:`rubin_alert` (with the light-curve code) reads: the decoder's projection for
@@ -34,7 +45,7 @@ RUBIN_DECODE_FIELDS: dict[str, Any] = {
                                 "reliability", "snr", *RUBIN_SOURCE_FIELDS)),
     "prvDiaSources": dict.fromkeys(RUBIN_SOURCE_FIELDS),
     "prvDiaForcedSources": dict.fromkeys(RUBIN_SOURCE_FIELDS),
-    "diaObject": dict.fromkeys(("diaObjectId", "nDiaSources")),
+    "diaObject": dict.fromkeys(("diaObjectId", *RUBIN_AGGREGATE_FIELDS)),
     "cutoutScience": None,
     "cutoutTemplate": None,
     "cutoutDifference": None,
@@ -134,7 +145,20 @@ def rubin_alert(record: dict[str, Any], *, schema_version: str | None, raw: byte
         },
         meta=meta,
         flags=flags + lc_flags,
+        aggregates=_aggregates(obj),
     )
+
+
+def _aggregates(obj: Any) -> dict[str, float]:
+    """The finite numeric :data:`RUBIN_AGGREGATE_FIELDS` of a diaObject (empty without one)."""
+    if not isinstance(obj, Mapping):
+        return {}
+    out = {}
+    for name in RUBIN_AGGREGATE_FIELDS:
+        v = _num(obj.get(name))
+        if math.isfinite(v):
+            out[name] = v
+    return out
 
 
 def _bytes(v: Any) -> bytes | None:

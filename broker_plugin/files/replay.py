@@ -15,6 +15,7 @@ DecodeError) -- the run still completes and writes every other alert, then repor
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections import Counter
@@ -25,12 +26,19 @@ from typing import Any
 
 from broker_plugin.args import positive_int
 from broker_plugin.errors import ConfigError
+from broker_plugin.history import HistoryStage, open_store
+from broker_plugin.history.stage import with_retries
 from broker_plugin.pipeline import INTERNAL_ERROR as _INTERNAL_ERROR
 from broker_plugin.pipeline import process_batch, settle_heap
 
 #: Default micro-batch: the service's processing.batch_size default, large enough to amortise the
 #: vectorised feature/ONNX calls, small enough that a batch's alerts (with cutouts) fit in memory.
 DEFAULT_BATCH_SIZE = 500
+#: Seconds a replay retries a batch while its history store is unavailable (locked, unreachable)
+#: before it gives up with one line (exit 2): long enough for a database restart.
+STORE_RETRY_S = 60.0
+
+log = logging.getLogger(__name__)
 
 #: Reason recorded in the rejects for an unexpected exception (a bug), per stage.
 INTERNAL_ERROR = _INTERNAL_ERROR
@@ -77,12 +85,16 @@ def replay(
     models: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
+    history: str | None = None,
+    store_retry_s: float = STORE_RETRY_S,
 ) -> ReplayResult:
     """Annotate every alert of ``inputs`` into ``output`` (+ ``output.rejects.jsonl``).
 
-    All validation (input paths, output extension and directory, model bundle) happens before any
-    file is created, so a usage error leaves nothing behind. ``progress`` None means "a tqdm bar
-    when stderr is a terminal". Raises ConfigError for usage problems.
+    All validation (inputs, output path, model bundle, history store) happens before any file is
+    created, so a usage error leaves nothing behind. ``progress`` None: a tqdm bar on a terminal.
+    ``history``: a SQLite file or a ``postgresql://`` URL; None keeps an in-memory store for the run,
+    so a night's alerts accumulate their objects' histories as in the service. A store unavailable
+    for ``store_retry_s`` ends the replay; that and usage problems raise ConfigError (exit 2).
     """
     from broker_plugin.files.output import check_output_path, open_rejects, open_writer, rejects_path
     from broker_plugin.files.sources import iter_inputs
@@ -95,16 +107,14 @@ def replay(
 
     def on_skip(_origin: str) -> None:
         result.skipped += 1
-
     items = iter_inputs(inputs, on_skip=on_skip)  # raises ConfigError for a missing input now
     annotator = Annotator(load_model_stage(models))
+    stage = HistoryStage(open_store(history))
     metadata = _file_metadata(annotator.model_version)
     timings: Counter[str] = Counter()
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = _progress_bar(show)
+    bar = _progress_bar(sys.stderr.isatty() if progress is None else progress)
     t_start = time.perf_counter()
     settle_heap()  # models loaded: keep the garbage collector off them (pipeline.settle_heap)
-
     writer = open_writer(out_path, feature_names=annotator.feature_names, metadata=metadata)
     try:
         rejects = open_rejects(out_path)
@@ -128,7 +138,7 @@ def replay(
             timings["read"] += t1 - t0
             if not batch:
                 break
-            _replay_batch(batch, annotator, writer, reject, result, timings)
+            _replay_batch(batch, annotator, stage, writer, reject, result, timings, store_retry_s)
             if bar is not None:
                 bar.update(len(batch))
         t_close = time.perf_counter()
@@ -142,6 +152,7 @@ def replay(
     finally:
         if bar is not None:
             bar.close()
+        stage.store.close()
 
     result.elapsed_s = time.perf_counter() - t_start
     result.candidates = annotator.candidates
@@ -165,8 +176,8 @@ def _file_metadata(model_version: str) -> dict[str, str]:
     }
 
 
-def _replay_batch(batch: list[Any], annotator: Any, writer: Any, reject: RejectFn, result: ReplayResult,
-                  timings: Counter[str]) -> None:
+def _replay_batch(batch: list[Any], annotator: Any, stage: HistoryStage, writer: Any, reject: RejectFn,
+                  result: ReplayResult, timings: Counter[str], store_retry_s: float) -> None:
     """Decode, annotate and write one read batch, rejecting what produces no record.
 
     Split out of :func:`replay` so the run's setup and teardown (validation, opening and aborting
@@ -176,7 +187,13 @@ def _replay_batch(batch: list[Any], annotator: Any, writer: Any, reject: RejectF
 
     # Decode + annotate is shared with the streaming service (broker_plugin.pipeline).
     readable = [i for i, item in enumerate(batch) if item.error is None]
-    processed = process_batch(annotator, [batch[i].data for i in readable])
+    payloads = [batch[i].data for i in readable]
+
+    def on_retry(attempt: int, exc: Exception, delay: float) -> None:
+        log.warning("history store unavailable (attempt %d): %s; retrying the batch in %.1f s", attempt, exc, delay)
+
+    processed = with_retries(lambda: process_batch(annotator, payloads, history=stage), deadline_s=store_retry_s,
+                             on_retry=on_retry)
     # Rejects in the order they happen: read and decode per input item, then annotate.
     failed = [(0, i, item.error, item.message, "read")
               for i, item in enumerate(batch) if item.error is not None]
@@ -187,6 +204,7 @@ def _replay_batch(batch: list[Any], annotator: Any, writer: Any, reject: RejectF
     records = processed.records
     timings["decode"] += processed.decode_s
     timings["annotate"] += processed.annotate_s
+    timings["history"] += processed.history_s
     t3 = time.perf_counter()
 
     writer.write(records)
@@ -230,6 +248,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=".avro file, directory of them, or .tar.gz tarball")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="output file: .jsonl, .avro or .parquet")
     p.add_argument("--models", metavar="DIR", default=None, help="model bundle directory")
+    p.add_argument("--history", metavar="PATH_OR_URL", default=None,
+                   help="object history store: a SQLite file or a postgresql:// URL (default: in memory for this run)")
     p.add_argument(
         "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
         help=f"alerts per annotation batch (default {DEFAULT_BATCH_SIZE})",
@@ -239,7 +259,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``replay`` handler: run, print the summary line on stdout, pick the exit status."""
-    result = replay(args.inputs, args.output, models=args.models, batch_size=args.batch_size)
+    result = replay(args.inputs, args.output, models=args.models, batch_size=args.batch_size, history=args.history)
     print(result.summary_line(), flush=True)
     if result.internal_errors:
         print(

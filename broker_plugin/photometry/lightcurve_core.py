@@ -117,6 +117,26 @@ def mag_to_njy(mag: np.ndarray | float) -> np.ndarray | float:
         return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - NJY_ZEROPOINT))
 
 
+def flux_to_mag(flux: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Magnitude and its error of nJy fluxes by the common rule: NaN where ``flux <= 0``.
+
+    The one place the rule is written: the light-curve builders and the history merge
+    (:mod:`broker_plugin.history.merge`) both call it, so a point has the same magnitude whichever
+    path built its light curve.
+    """
+    pos = flux > 0
+    safe = np.where(pos, flux, 1.0)
+    mag = np.where(pos, NJY_ZEROPOINT - 2.5 * np.log10(safe), np.nan)
+    mag_err = np.where(pos, MAG_PER_RELFLUX * err / safe, np.nan)
+    return mag, mag_err
+
+
+def sorted_unique_epochs(group: np.ndarray, mjd: np.ndarray, prio: np.ndarray) -> np.ndarray:
+    """Public name of the epoch de-duplication rule (see :func:`_sorted_unique_epochs`): the history
+    merge applies it to stored and packet points together, as the builders do within a packet."""
+    return _sorted_unique_epochs(group, mjd, prio)
+
+
 def _sorted_unique_epochs(group: np.ndarray, mjd: np.ndarray, prio: np.ndarray) -> np.ndarray:
     """Indices ordering points by (group, time) with one point per group and epoch (lowest prio wins).
 
@@ -193,10 +213,7 @@ def _assemble(names: tuple[str, ...], n_alerts: int, group: np.ndarray, mjd: np.
         group, mjd, flux, err, prio = group[ok], mjd[ok], flux[ok], err[ok], prio[ok]
     idx = _sorted_unique_epochs(group, mjd, prio)
     group, mjd, flux, err = group[idx], mjd[idx], flux[idx], err[idx]
-    pos = flux > 0
-    safe = np.where(pos, flux, 1.0)
-    mag = np.where(pos, NJY_ZEROPOINT - 2.5 * np.log10(safe), np.nan)
-    mag_err = np.where(pos, MAG_PER_RELFLUX * err / safe, np.nan)
+    mag, mag_err = flux_to_mag(flux, err)
     out: list[dict[str, LightCurve]] = [{} for _ in range(n_alerts)]
     if group.size == 0:
         return out

@@ -9,6 +9,7 @@ mixed into the service.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -149,6 +150,12 @@ def secrets_of(cfg: ServiceConfig) -> list[str]:
 
     k = cfg.kafka
     out = [v for v in (k.sasl_password, k.ssl_key_password) if v]
+    if cfg.history.url:
+        from urllib.parse import urlsplit
+
+        with contextlib.suppress(ValueError):
+            if password := urlsplit(cfg.history.url).password:
+                out.append(password)
     for extra in (k.consumer_extra, k.producer_extra):
         out += [str(v) for key, v in extra.items() if v is not None and is_secret_key(str(key))]
     return out

@@ -52,6 +52,9 @@ class Metrics:
                                   registry=r)
         self.kafka_errors = Counter("bal_kafka_errors", "Client-level Kafka errors reported by librdkafka.",
                                     ["code"], registry=r)
+        self.history_errors = Counter("bal_history_store_errors",
+                                      "Batches put back because the history store could not be read or written.",
+                                      registry=r)
         self._server: Any = None
         self._thread: Any = None
 

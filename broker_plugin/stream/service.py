@@ -47,14 +47,10 @@ own, and exit 0 when every partition is done (:mod:`broker_plugin.stream.time_ra
 
 Where the code is
 -----------------
-This module holds the loop (:meth:`Service.run`) and the steps it calls; the phases are those of
-:class:`broker_plugin.stream.step.Step`. The rest is mixed in from modules named for what they hold:
-:mod:`~broker_plugin.stream.clients` (client configuration), :mod:`~broker_plugin.stream.client_events`
-(rebalance and error callbacks), :mod:`~broker_plugin.stream.delivery` (at-least-once producing and
-offset storing), :mod:`~broker_plugin.stream.transactions` (exactly-once) and
-:mod:`~broker_plugin.stream.time_range`; :mod:`~broker_plugin.stream.offsets`,
-:mod:`~broker_plugin.stream.error_budget`, :mod:`~broker_plugin.stream.outputs` and
-:mod:`~broker_plugin.stream.stop` are the plain pieces they share.
+This module holds the loop (:meth:`Service.run`) and the phases of :class:`~broker_plugin.stream.step.Step`;
+the rest is mixed in from modules named for what they hold: ``clients``, ``client_events``,
+``delivery``, ``transactions``, ``time_range`` and ``history_retry`` (a history-store outage puts
+the batch back), on the plain pieces ``offsets``, ``error_budget``, ``outputs`` and ``stop``.
 """
 
 from __future__ import annotations
@@ -70,11 +66,13 @@ from typing import Any
 from broker_plugin import __version__
 from broker_plugin.config import ServiceConfig, load_config
 from broker_plugin.errors import BalBrokerError, ConfigError
+from broker_plugin.history import StoreError
 from broker_plugin.pipeline import INTERNAL_ERROR
 from broker_plugin.stream.client_events import DRAIN_TIMEOUT_S, KafkaCallbacks
 from broker_plugin.stream.clients import STATS_INTERVAL_MS, KafkaClients, secrets_of
 from broker_plugin.stream.delivery import PRODUCE_RETRIES, AtLeastOnceDelivery
 from broker_plugin.stream.error_budget import ErrorBudget
+from broker_plugin.stream.history_retry import HistoryOutage, open_history
 from broker_plugin.stream.kafka_errors import PARTITION_EOF
 from broker_plugin.stream.logs import RateLimiter, register_secret
 from broker_plugin.stream.offsets import OffsetTracker
@@ -102,7 +100,7 @@ __all__ = [
 
 
 class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCallbacks,
-              KafkaClients, Step):
+              KafkaClients, HistoryOutage, Step):
     """One service process: a consumer, a producer, an annotator, an output encoder, metrics.
 
     ``consumer``/``producer`` may be handed in (anything with the confluent-kafka interface);
@@ -129,6 +127,7 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
             annotator = Annotator(load_model_stage(cfg.models.bundle,
                                                    candidate_threshold=cfg.processing.candidate_threshold))
         self.annotator = annotator
+        self.history = open_history(cfg)  # a wrong store URL or a newer schema: exit 2 before connecting
         self.encoder = OutputEncoder(drop_cutouts=cfg.processing.drop_cutouts, registry_url=k.schema_registry_url,
                                      subject=f"{k.output_topic}-value")
         self.metrics = metrics if metrics is not None else Metrics()
@@ -166,12 +165,10 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
         """One micro-batch of messages (errors logged, rate-limited, and dropped).
 
         Adaptive batching: take what the client has already fetched (up to ``batch_size``, without
-        waiting); only when nothing is there, wait up to ``batch_timeout_s`` for messages and take
-        what has arrived. ``consume(batch_size, batch_timeout_s)`` alone would wait the whole
-        timeout whenever fewer than ``batch_size`` messages come in that time, which at 250 alerts/s
-        made every alert wait ~0.5 s for its batch to fill. Under load the fetched queue holds
-        thousands of messages and batches are full; at a low rate a batch is whatever arrived while
-        the previous one was processed, so latency is about one batch's processing time.
+        waiting); only when nothing is there, wait up to ``batch_timeout_s`` and take what arrived.
+        ``consume(batch_size, batch_timeout_s)`` alone waited the whole timeout whenever fewer
+        messages came, which at 250 alerts/s made every alert wait ~0.5 s; this way a batch under
+        load is full and at a low rate latency is about one batch's processing time.
         """
         p = self.cfg.processing
         msgs = self.consumer.consume(num_messages=p.batch_size, timeout=0)
@@ -204,25 +201,33 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
     # -- life cycle: execute ---------------------------------------------------------------------
 
     def execute(self, messages: Sequence[Any]) -> list[Work]:
-        """Decode, annotate and encode a batch; every message gets outputs (annotated or DLQ)."""
+        """Decode, annotate and encode a batch; every message gets outputs (annotated or DLQ), or none
+        when the history store failed (the batch is then put back: :class:`HistoryOutage`)."""
         from broker_plugin.pipeline import describe, process_batch
 
         k = self.cfg.kafka
         n = len(messages)
-        self.stats.consumed += n
-        self.metrics.alerts_in.inc(n)
         todo: list[Any] = []
         works: dict[int, Work] = {}
         for i, m in enumerate(messages):
-            forced = self._force_dlq.pop((m.topic(), m.partition(), m.offset()), None) if self._force_dlq else None
+            forced = self._force_dlq.get((m.topic(), m.partition(), m.offset())) if self._force_dlq else None
             if forced is not None:
                 works[i] = Work(m, [self._dlq(m, "KafkaError", "produce_failed", forced, "produce")])
             else:
                 todo.append(i)
         timings_before = dict(self.annotator.timings.seconds)
-        processed = process_batch(self.annotator, [messages[i].value() or b"" for i in todo])
-        after = self.annotator.timings.seconds
-        delta = {s: after.get(s, 0.0) - timings_before.get(s, 0.0) for s in after}
+        try:
+            processed = process_batch(self.annotator, [messages[i].value() or b"" for i in todo],
+                                      history=self.history)
+        except StoreError as exc:  # nothing of the batch was produced: read it again later
+            self.history_outage(messages, exc)
+            return []
+        self.history_ok()
+        for i in works:  # dead-lettered for good now that the batch goes out
+            self._force_dlq.pop((messages[i].topic(), messages[i].partition(), messages[i].offset()), None)
+        self.stats.consumed += n
+        self.metrics.alerts_in.inc(n)
+        delta = {s: v - timings_before.get(s, 0.0) for s, v in self.annotator.timings.seconds.items()}
         for r in processed.rejects:
             m = messages[todo[r.index]]
             works[todo[r.index]] = Work(m, [self._dlq(m, r.error_class, r.reason, r.message, r.stage)])
@@ -251,6 +256,7 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
         self.metrics.observe_stage("features", delta.get("features", 0.0), n)
         self.metrics.observe_stage("inference", delta.get("models", 0.0), n)
         self.metrics.observe_stage("encode", encode_s, n)
+        self.metrics.observe_stage("history", processed.history_s, n if self.history is not None else 0)
         now = self._clock()
         for w in works.values():
             if w.outputs[0].kind == "dlq":

@@ -1,0 +1,132 @@
+"""The shared history store: PostgreSQL through psycopg 3, for several workers or pods.
+
+Why PostgreSQL for sharing: every worker of a consumer group may see alerts of the same object (ZTF
+topics are not keyed by object), so the store must take concurrent writes of the same keys; the
+``INSERT ... ON CONFLICT`` rules of :mod:`~broker_plugin.history.store` make those order-independent,
+which is how ALeRCE's ingestion keeps its PostgreSQL detections table consistent across workers.
+
+Bulk writes go through ``COPY`` into a temporary table and one ``INSERT ... SELECT ... ON CONFLICT``:
+a batch of a fresh night writes tens of thousands of points, and row-by-row statements would cost a
+round trip each. The cone query takes its probes as arrays (``unnest``): one statement per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from broker_plugin.errors import ConfigError
+from broker_plugin.history.store import HistoryStore, StoreError
+
+#: Seconds to wait for the server when connecting.
+CONNECT_TIMEOUT_S = 10
+
+_TMP_POINTS = ("CREATE TEMP TABLE IF NOT EXISTS tmp_points (oid BIGINT, bk SMALLINT, tkey BIGINT, origin SMALLINT, "
+               "prio SMALLINT, mjd DOUBLE PRECISION, flux DOUBLE PRECISION, flux_err DOUBLE PRECISION, seen DOUBLE "
+               "PRECISION) ON COMMIT DELETE ROWS")
+_TMP_LIMITS = ("CREATE TEMP TABLE IF NOT EXISTS tmp_limits (oid BIGINT, band SMALLINT, tkey BIGINT, mjd DOUBLE "
+               "PRECISION, limit_mag DOUBLE PRECISION, seen DOUBLE PRECISION) ON COMMIT DELETE ROWS")
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise ConfigError("a postgresql:// history store needs psycopg 3: pip install 'bal-broker[postgres]'") from None
+    return psycopg
+
+
+class PostgresHistoryStore(HistoryStore):
+    """:class:`~broker_plugin.history.store.HistoryStore` on a PostgreSQL database."""
+
+    dialect = "postgresql"
+    ph = "%s"
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        psycopg = _psycopg()
+        try:
+            conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to the history store {_redacted(url)}: {_first_line(exc)}") from None
+        super().__init__(conn, **kwargs)
+        self._dsn = url
+        self.url = _redacted(url)
+        # unreachable, restarted, deadlock/serialisation (TransactionRollback is an OperationalError),
+        # or the connection object already closed (InterfaceError)
+        self.transient = (psycopg.OperationalError, psycopg.InterfaceError)
+        try:
+            self.migrate()
+        except psycopg.Error as exc:
+            raise StoreError(f"history store {self.url}: {_first_line(exc)}") from None
+
+    def ensure_connected(self) -> None:
+        """Open a new connection when the last one broke (a server restart, a network cut)."""
+        if not (self.conn.closed or self.conn.broken):
+            return
+        psycopg = _psycopg()
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = psycopg.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False)
+
+    def _tables_query(self) -> str:
+        return "information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta'"
+
+    def _least(self, a: str, b: str) -> str:
+        return f"LEAST({a}, {b})"
+
+    def _greatest(self, a: str, b: str) -> str:
+        return f"GREATEST({a}, {b})"
+
+    def _cone_rows(self, ranges: Sequence[tuple[int, int, float, float]]) -> Iterable[tuple[Any, ...]]:
+        cols = list(zip(*ranges, strict=True)) if ranges else [(), (), (), ()]
+        cur = self.conn.cursor()
+        cur.execute("SELECT p.i, o.oid, o.survey, o.ra, o.dec FROM unnest(%s::int[], %s::int[], %s::float8[], "
+                    "%s::float8[]) AS p(i, z, lo, hi) JOIN objects o ON o.zone = p.z AND o.ra BETWEEN p.lo AND p.hi",
+                    [list(c) for c in cols])
+        return cur.fetchall()
+
+    def _copy(self, cur: Any, table: str, columns: str, cols: tuple[np.ndarray, ...]) -> None:
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in zip(*(c.tolist() for c in cols), strict=True):
+                copy.write_row(row)
+
+    def _write_points(self, cur: Any, cols: tuple[np.ndarray, ...]) -> None:
+        cur.execute(_TMP_POINTS)
+        names = "oid, bk, tkey, origin, prio, mjd, flux, flux_err, seen"
+        self._copy(cur, "tmp_points", names, cols)
+        # DISTINCT ON: one row per key (the best), as one INSERT may not touch a row twice
+        cur.execute(f"INSERT INTO points ({names}) SELECT DISTINCT ON (oid, bk, tkey) {names} FROM tmp_points ORDER BY "
+                    f"oid, bk, tkey, prio, flux_err, flux {self.points_upsert_tail()}")
+
+    def _write_limits(self, cur: Any, cols: tuple[np.ndarray, ...]) -> None:
+        cur.execute(_TMP_LIMITS)
+        names = "oid, band, tkey, mjd, limit_mag, seen"
+        self._copy(cur, "tmp_limits", names, cols)
+        cur.execute(f"INSERT INTO limits ({names}) SELECT DISTINCT ON (oid, band, tkey) {names} FROM tmp_limits ORDER "
+                    f"BY oid, band, tkey, limit_mag DESC {self.limits_upsert_tail()}")
+
+    def size_bytes(self, cur: Any) -> int:
+        cur.execute("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                    "c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'")
+        return int(cur.fetchone()[0] or 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (for log lines and errors)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    user = parts.username or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
