@@ -35,6 +35,7 @@ Registrar = Callable[[Any], None]
 #: built) or a callable. Order here is the order in ``--help``; entry-point commands follow.
 SUBCOMMANDS: dict[str, str | Registrar] = {
     "replay": "broker_plugin.files.replay:add_parser",
+    "history": "broker_plugin.files.history_commands:add_parser",
     "run": "broker_plugin.stream.service:add_parser",
     "broker": "broker_plugin.broker.embedded:add_parser",
     "publish": "broker_plugin.broker.publish:add_parser",

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from broker_plugin.history.store import HistoryStore
+from broker_plugin.errors import ConfigError
+from broker_plugin.history.store import HistoryStore, StoreError
 
 #: Milliseconds a writer waits for another writer's lock before the batch is retried.
 BUSY_TIMEOUT_MS = 5000
@@ -30,8 +31,9 @@ class SqliteHistoryStore(HistoryStore):
 
     dialect = "sqlite"
     ph = "?"
-    #: locked beyond busy_timeout, disk full or unreadable (OperationalError); a damaged file (DatabaseError)
-    transient = (sqlite3.OperationalError, sqlite3.DatabaseError)
+    #: locked beyond busy_timeout, disk full, I/O error: worth retrying (a file that is not a database,
+    #: sqlite3.DatabaseError, is not: it is refused with one line when the store is opened)
+    transient = (sqlite3.OperationalError,)
 
     def __init__(self, path: str | Path = MEMORY, **kwargs: Any) -> None:
         self.path = str(path)
@@ -43,11 +45,18 @@ class SqliteHistoryStore(HistoryStore):
                                check_same_thread=False)
         super().__init__(_Tx(conn), **kwargs)
         self.url = self.path
-        if self.path != MEMORY:
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        self.migrate()
+        try:
+            if self.path != MEMORY:
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self.migrate()
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise StoreError(f"history store {self.path}: cannot open: {exc}") from None
+        except sqlite3.DatabaseError as exc:  # not a database, or damaged beyond reading
+            conn.close()
+            raise ConfigError(f"history store {self.path} is not a usable SQLite database: {exc}") from None
 
     def _cone_rows(self, ranges: Sequence[tuple[int, int, float, float]]) -> Iterable[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []

@@ -349,13 +349,34 @@ class HistoryStore:
 
     def find(self, name: str) -> int | None:
         """The oid of an object given any of its names (a survey id or data-release id)."""
+        return self._guard("read", self._find, name)
+
+    def describe(self, oid: int) -> tuple[list[tuple[str, str]], tuple[float, float] | None, StoredObject]:
+        """Names (survey, name), position and stored data of one object (for ``history show``)."""
+        return self._guard("read", self._describe, oid)
+
+    def stats(self) -> dict[str, Any]:
+        """Objects, aliases, points, limits, aggregates, bytes on disk and the stored schema version."""
+        return self._guard("read", self._stats)
+
+    def _guard(self, op: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` with the backend's transient errors turned into :class:`StoreError`."""
+        try:
+            self.ensure_connected()
+            return fn(*args)
+        except self.transient as exc:
+            self._rollback()
+            raise StoreError(f"history store {self.url}: cannot {op}: {_first_line(exc)}") from exc
+
+    def _find(self, name: str) -> int | None:
+        """The oid of an object given any of its names (a survey id or data-release id)."""
         cur = self.conn.cursor()
         cur.execute(f"SELECT oid FROM aliases WHERE name = {self.ph} ORDER BY survey", (name,))
         row = cur.fetchone()
         self.conn.commit()
         return int(row[0]) if row else None
 
-    def describe(self, oid: int) -> tuple[list[tuple[str, str]], tuple[float, float] | None, StoredObject]:
+    def _describe(self, oid: int) -> tuple[list[tuple[str, str]], tuple[float, float] | None, StoredObject]:
         """Names (survey, name), position and stored data of one object (for ``history show``)."""
         cur = self.conn.cursor()
         cur.execute(f"SELECT survey, name FROM aliases WHERE oid = {self.ph} ORDER BY survey, name", (oid,))
@@ -367,10 +388,12 @@ class HistoryStore:
         self.conn.commit()
         return names, ((float(row[0]), float(row[1])) if row else None), obj
 
-    def stats(self) -> dict[str, Any]:
+    def _stats(self) -> dict[str, Any]:
         """Objects, aliases, points, limits and bytes on disk."""
         cur = self.conn.cursor()
-        out: dict[str, Any] = {"backend": self.dialect, "schema_version": SCHEMA_VERSION}
+        cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        row = cur.fetchone()
+        out: dict[str, Any] = {"backend": self.dialect, "schema_version": int(row[0]) if row else 0}
         for table in ("objects", "aliases", "points", "limits", "aggregates"):
             cur.execute(f"SELECT count(*) FROM {table}")
             out[table] = int(cur.fetchone()[0])
