@@ -19,20 +19,34 @@ from typing import Any
 
 from broker_plugin.config import ServiceConfig
 from broker_plugin.history import HistoryStage, StoreError, open_store
+from broker_plugin.history.stage import with_retries
 
 log = logging.getLogger(__name__)
 
 #: Longest wait between two attempts at a batch while the store is unavailable (seconds).
 MAX_BACKOFF_S = 30.0
+#: How long the service waits for its store at start-up before it gives up (exit 2).
+STARTUP_RETRY_S = 60.0
 
 
-def open_history(cfg: ServiceConfig) -> HistoryStage | None:
-    """The history stage the configuration asks for (None for ``history.backend: none``)."""
+def open_history(cfg: ServiceConfig, *, retry_s: float = STARTUP_RETRY_S) -> HistoryStage | None:
+    """The history stage the configuration asks for (None for ``history.backend: none``).
+
+    A store that cannot be reached yet (a database still starting beside the service) is retried
+    with backoff and a WARNING for ``retry_s``; then, or at once for a store of a newer schema or a
+    file that is no database, :class:`~broker_plugin.errors.ConfigError` (one line, exit 2).
+    """
     h = cfg.history
     if h.backend == "none":
         return None
     spec = h.path if h.backend == "sqlite" else h.url
-    store = open_store(spec, radius_arcsec=h.radius_arcsec, cross_survey=h.cross_survey)
+
+    def on_retry(attempt: int, exc: Exception, delay: float) -> None:
+        log.warning("history store not reachable yet (attempt %d): %s; retrying in %.1f s", attempt, exc, delay,
+                    extra={"event": "history_unavailable", "failures": attempt})
+
+    store = with_retries(lambda: open_store(spec, radius_arcsec=h.radius_arcsec, cross_survey=h.cross_survey),
+                         deadline_s=retry_s, on_retry=on_retry)
     return HistoryStage(store, window_days=h.window_days)
 
 
