@@ -47,12 +47,13 @@ alert-only light curves can do.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from broker_plugin.alert import LightCurve
+from broker_plugin.alert import Alert, LightCurve
 
 LC_HISTORIES: tuple[str, ...] = ("dr", "alert", "mixed")
 DEFAULT_LC_HISTORY = "mixed"
@@ -166,3 +167,24 @@ def describe(mode: str, *, method: str, counts: Mapping[str, int], forced_fracti
         "ztf_no_forced_fraction": ZTF_NO_FORCED_FRACTION if alert and forced_fraction else None,
         "method": method,
     }
+
+
+def history_lightcurves(alert: Alert, data_release: Mapping[str, LightCurve] | None = None,
+                        earlier: Sequence[Alert] = ()) -> dict[str, LightCurve]:
+    """The light curves serving gives ``alert`` when the history store holds ``data_release`` (an
+    imported data-release light curve of its object) and the packets of ``earlier`` alerts.
+
+    Why here and not a copy of the rule: training that wants store-length histories must build them
+    with the very merge the service runs (:func:`broker_plugin.history.merge.merge_alert`, the same
+    points, seen times and kinds as :mod:`broker_plugin.history.dr_import` and the stage write), so a
+    feature computed in training and at serving time from the same points is the same number
+    (``tests/test_history_training.py`` pins it). ``alert`` itself is not changed.
+    """
+    from broker_plugin.history.merge import merge_alert
+    from broker_plugin.history.points import ORIGIN_ZTF_DR, Points, alert_points, lightcurve_points
+
+    stored = Points.concat([lightcurve_points(dict(data_release or {}), ORIGIN_ZTF_DR, None),
+                            *(alert_points(e) for e in earlier)])
+    copy = dataclasses.replace(alert, lightcurves=dict(alert.lightcurves), flags=list(alert.flags))
+    merge_alert(copy, stored)
+    return copy.lightcurves
