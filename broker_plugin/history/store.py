@@ -21,98 +21,29 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from broker_plugin.errors import ConfigError
-from broker_plugin.history.points import Limits, Points
+from broker_plugin.history.rows import (
+    IN_CHUNK,
+    OBJECT_SURVEY,
+    SURVEY_CODE,
+    SURVEY_NAME,
+    Batch,
+    Probe,
+    StoredObject,
+    StoreError,
+    StoreVersionError,
+    _first_line,
+    _limits_of,
+    _points_of,
+    _remapped,
+    _split,
+    new_object_row,
+)
 from broker_plugin.history.schema import SCHEMA_VERSION, Dialect, migration_steps, statements
-from broker_plugin.history.sky import ZONE_HEIGHT_DEG, cone_ranges, object_key, separation_arcsec, zone_of
-
-#: Survey codes of objects and aliases; ``ztf_dr`` names data-release objects (IRSA oids / sources).
-SURVEY_CODE: dict[str, int] = {"ztf": 0, "lsst": 1, "ztf_dr": 2}
-SURVEY_NAME: dict[int, str] = {v: k for k, v in SURVEY_CODE.items()}
-#: The survey an alias belongs to for association (data-release objects are the survey's own).
-OBJECT_SURVEY: dict[str, str] = {"ztf": "ztf", "lsst": "lsst", "ztf_dr": "ztf"}
-#: Rows per ``IN (...)`` list: well under SQLite's parameter limit, and large enough to be few queries.
-IN_CHUNK = 900
-
-
-class StoreError(ConfigError):
-    """The store could not be read or written (unreachable, locked, full); the batch can be retried.
-
-    A :class:`~broker_plugin.errors.ConfigError`: where it ends a command (a replay whose store stays
-    unreachable, a wrong URL) it is one line and exit status 2; the service retries instead.
-    """
-
-
-class StoreVersionError(ConfigError):
-    """The store was written by a newer version of this code."""
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """An object to look up: the name a survey gives it and where it is."""
-
-    survey: str  # a SURVEY_CODE key
-    name: str
-    ra: float
-    dec: float
-
-
-@dataclass(slots=True)
-class StoredObject:
-    """What the store holds about one object."""
-
-    oid: int
-    points: Points = field(default_factory=Points.empty)
-    limits: Limits = field(default_factory=Limits.empty)
-    #: (mjd, aggregates) per survey, the latest alert's.
-    aggregates: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Batch:
-    """Everything one batch writes (see :meth:`HistoryStore.write`); arrays are column-aligned."""
-
-    objects: list[tuple[int, int, float, float, int, float]] = field(default_factory=list)  # oid survey ra dec zone t
-    aliases: list[tuple[int, str, int]] = field(default_factory=list)  # survey, name, oid
-    point_cols: tuple[np.ndarray, ...] | None = None  # oid, bk, tkey, origin, prio, mjd, flux, flux_err, seen
-    limit_cols: tuple[np.ndarray, ...] | None = None  # oid, band, tkey, mjd, limit_mag, seen
-    aggregates: list[tuple[int, int, float, str]] = field(default_factory=list)  # oid, survey, mjd, json
-
-    def is_empty(self) -> bool:
-        return not (self.objects or self.aliases or self.aggregates
-                    or (self.point_cols is not None and len(self.point_cols[0]))
-                    or (self.limit_cols is not None and len(self.limit_cols[0])))
-
-
-def _points_of(rows: Sequence[tuple[Any, ...]]) -> tuple[np.ndarray, Points]:
-    """(oid per row, Points) of fetched ``points`` rows (oid, bk, origin, mjd, flux, flux_err, seen)."""
-    oids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    arr = np.array([r[1:] for r in rows], dtype=np.float64).reshape(len(rows), 6)
-    bk = arr[:, 0].astype(np.int8)
-    return oids, Points(bk >> 1, bk & 1, arr[:, 1].astype(np.int8), arr[:, 2].copy(), arr[:, 3].copy(),
-                        arr[:, 4].copy(), arr[:, 5].copy())
-
-
-def _limits_of(rows: Sequence[tuple[Any, ...]]) -> tuple[np.ndarray, Limits]:
-    oids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    arr = np.array([r[1:] for r in rows], dtype=np.float64).reshape(len(rows), 4)
-    return oids, Limits(arr[:, 0].astype(np.int8), arr[:, 1].copy(), arr[:, 2].copy(), arr[:, 3].copy())
-
-
-def _split(oids: np.ndarray, cols: Any, found: dict[int, StoredObject], attr: str) -> None:
-    """Give each object its rows (``oids`` sorted, as the queries order them)."""
-    if oids.size == 0:
-        return
-    cuts = np.flatnonzero(np.r_[True, oids[1:] != oids[:-1], True])
-    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
-        obj = found.get(int(oids[a]))
-        if obj is not None:
-            setattr(obj, attr, cols.take(np.arange(a, b)))
+from broker_plugin.history.sky import ZONE_HEIGHT_DEG, cone_ranges, object_key, separation_arcsec
 
 
 class HistoryStore:
@@ -407,28 +338,6 @@ class HistoryStore:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _remapped(cols: tuple[np.ndarray, ...], remap: dict[int, int]) -> tuple[np.ndarray, ...]:
-    """``cols`` with oids moved to the object another writer created first (rare)."""
-    if not remap:
-        return cols
-    oid = cols[0].copy()
-    for old, new in remap.items():
-        oid[oid == old] = new
-    return (oid, *cols[1:])
-
-
-def new_object_row(oid: int, survey: str, ra: float, dec: float,
-                   first_mjd: float = 1e9) -> tuple[int, int, float, float, int, float]:
-    """The ``objects`` row of a new object of ``survey`` (an alias survey), first seen at ``first_mjd``
-    (its position is replaced by an earlier sighting's; the default loses to every real time)."""
-    return oid, SURVEY_CODE[OBJECT_SURVEY[survey]], float(ra), float(dec), zone_of(dec), float(first_mjd)
 
 
 __all__ = ["OBJECT_SURVEY", "SURVEY_CODE", "Batch", "HistoryStore", "Probe", "StoreError", "StoreVersionError",
