@@ -172,3 +172,36 @@ def test_write_night(tmp_path: Path) -> None:
             assert p.read_bytes()[:4] == b"Obj\x01"
         else:
             assert p.read_bytes()[0] == 0
+
+
+def test_write_night_data_release_archive(tmp_path: Path) -> None:
+    """The archive: one source per chosen object at its exact position, multi-year, ending before the alert,
+    from the same night (the other alerts are unchanged by it)."""
+    from broker_plugin.files.dr_lightcurves import load_ztf_lightcurves
+    from broker_plugin.history.sky import separation_arcsec
+    from training.synthetic.dr_archive import DR_LAG_DAYS
+
+    dr_path = tmp_path / "dr.csv"
+    paths = P.write_night(tmp_path / "night", 40, seed=5, survey_mix={"ztf": 1.0}, stamps=False,
+                          dr_fraction=0.6, dr_path=dr_path)
+    plain = P.write_night(tmp_path / "plain", 40, seed=5, survey_mix={"ztf": 1.0}, stamps=False)
+    rows = [json.loads(line) for line in (tmp_path / "night" / "truth.jsonl").read_text().splitlines()]
+    chosen = [r for r in rows if r["data_release"]]
+    assert 5 <= len(chosen) < len(rows)
+    assert all(r["label"] in ("qso_bal", "qso_nonbal", "star", "blazar") for r in chosen)
+    for p, q, r in zip(paths, plain, rows, strict=True):  # the alerts without an archive entry are unchanged
+        assert (p.read_bytes() == q.read_bytes()) or r["data_release"]
+    lcset = load_ztf_lightcurves(dr_path)
+    assert len(lcset) == len(chosen)
+    for r in chosen:
+        key = min(lcset.positions, key=lambda k: separation_arcsec(r["ra"], r["dec"], *lcset.positions[k]))
+        assert separation_arcsec(r["ra"], r["dec"], *lcset.positions[key]) < 1e-3
+        lcs = lcset[key]
+        assert set(lcs) <= {"g", "r"} and all(lc.kind == "dc" for lc in lcs.values())
+        t_min = min(float(lc.mjd.min()) for lc in lcs.values() if len(lc))
+        t_max = max(float(lc.mjd.max()) for lc in lcs.values() if len(lc))
+        assert t_max <= r["mjd"] - DR_LAG_DAYS + 1e-6
+        assert r["mjd"] - t_min > 2.5 * 365.25  # multi-year: the packet alone covers 90 days
+        assert sum(len(lc) for lc in lcs.values()) > 100
+        assert len(lcset.oids[key]) == len(lcs)  # one oid per band
+    assert not (tmp_path / "plain" / "ztf_dr_lightcurves.csv").exists()

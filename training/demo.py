@@ -3,9 +3,12 @@
 What it does, in the order a broker operator would: start the embedded Kafka-compatible broker
 (Tansu, memory-only), create the topics, generate a realistic synthetic night of ZTF- and
 Rubin-shaped alerts (``training.synthetic``: DRW quasar light curves, BAL and non-BAL quasars,
-stars, supernovae, blazars, artefacts, with cutouts), publish them, run the streaming service
-(the very ``bal-broker run`` code) until every alert has been annotated, then read the
-BAL-candidate topic as an astronomer would and print the top candidates, with a PNG of their
+stars, supernovae, blazars, artefacts, with cutouts) together with a small synthetic multi-year
+ZTF data-release archive of part of the night's objects (``training.synthetic.dr_archive``),
+bootstrap a SQLite history store from that archive as an operator would (``broker_plugin.history``),
+publish the alerts, run the streaming service (the very ``bal-broker run`` code, with the history
+store) until every alert has been annotated, then read the output topics as an astronomer would:
+how many alerts were annotated on long histories, and the top candidates, with a PNG of their
 light curves. Nothing outside the installed package is needed.
 """
 
@@ -27,6 +30,10 @@ log = logging.getLogger(__name__)
 
 TOPICS = {"ztf": "ztf_demo_programid1", "lsst": "lsst-alerts-demo"}
 OUTPUT, CANDIDATES, DLQ = "bal-annotated", "bal-candidates", "bal-dlq"
+#: Default share of the ZTF alerts of DRW/periodic objects with a data-release light curve.
+DR_FRACTION = 0.3
+#: The archive's file in the output folder.
+DR_FILE = "ztf_dr_lightcurves.csv"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,6 +45,9 @@ def add_parser(subparsers: Any) -> None:
                    help="folder for the candidate list and the light-curve PNG (default ./demo-output)")
     p.add_argument("--partitions", type=int, default=2, help="partitions per input topic")
     p.add_argument("--top", type=int, default=10, help="candidates to show")
+    p.add_argument("--dr-fraction", type=float, default=DR_FRACTION, metavar="F",
+                   help="fraction of the ZTF quasars, stars and blazars given a synthetic data-release light "
+                        f"curve in the history store before the night (default {DR_FRACTION}; 0: none)")
     p.set_defaults(handler=run)
 
 
@@ -48,10 +58,9 @@ def _say(text: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     if args.alerts < 1:
         raise ConfigError("--alerts must be at least 1")
+    if not 0.0 <= args.dr_fraction <= 1.0:
+        raise ConfigError("--dr-fraction must be within [0, 1]")
     from broker_plugin.broker.embedded import EmbeddedBroker
-    from broker_plugin.broker.publish import publish
-    from broker_plugin.config import load_config
-    from broker_plugin.stream.service import Service
 
     try:
         from training.synthetic import write_night
@@ -67,54 +76,23 @@ def run(args: argparse.Namespace) -> int:
         broker.create_topics([OUTPUT, CANDIDATES, DLQ], partitions=args.partitions)
 
         night = Path(tmp) / "night"
+        dr_path = args.out / DR_FILE if args.dr_fraction > 0 else None  # kept: `bal-broker history import` reads it
         t0 = time.perf_counter()
-        write_night(night, args.alerts, seed=args.seed)
+        write_night(night, args.alerts, seed=args.seed, dr_fraction=args.dr_fraction, dr_path=dr_path)
         files = sorted(night.glob("*.avro"))
         by_survey = {s: [f for f in files if f.name.startswith(s + "_")] for s in TOPICS}
         _say(f"2. generated {len(files)} synthetic alerts in {time.perf_counter() - t0:.1f} s "
              f"({len(by_survey['ztf'])} ZTF Avro containers, {len(by_survey['lsst'])} Rubin wire-format messages)")
 
-        published = 0
-        for survey, paths in by_survey.items():
-            if paths:
-                stats = publish(paths, TOPICS[survey], broker.bootstrap)
-                if not stats.ok:
-                    _say(f"   publish to {TOPICS[survey]}: {stats.summary()}")
-                published += stats.delivered
-        _say(f"3. published {published} alerts to {', '.join(TOPICS.values())}")
+        store_path = Path(tmp) / "history.sqlite"
+        _import_archive(dr_path, store_path)
+        published = _publish(by_survey, broker.bootstrap)
+        _say(f"4. published {published} alerts to {', '.join(TOPICS.values())}")
 
-        cfg = load_config(overrides={
-            "kafka": {"bootstrap_servers": broker.bootstrap, "group_id": "bal-broker-demo",
-                      "input_topics": list(TOPICS.values()), "output_topic": OUTPUT,
-                      "candidate_topic": CANDIDATES, "dlq_topic": DLQ},
-            "processing": {"batch_size": 500},
-            "observability": {"metrics_port": 0, "log_level": "WARNING", "log_format": "text"},
-        }, environ={})
-        service = Service(cfg)
-        stop = threading.Event()
-        result: dict[str, int] = {}
-        thread = threading.Thread(target=lambda: result.setdefault("code", service.run(stop)), daemon=True)
-        t0 = time.perf_counter()
-        thread.start()
-        deadline = t0 + 300.0
-        while thread.is_alive() and time.perf_counter() < deadline:
-            s = service.stats
-            if s.consumed >= published and s.produced_out + s.produced_dlq >= s.annotated + s.rejected:
-                break
-            time.sleep(0.2)
-        elapsed = time.perf_counter() - t0
-        stop.set()
-        thread.join(30.0)
-        s = service.stats
-        rate = s.consumed / elapsed if elapsed > 0 else 0.0
-        _say(f"4. the service (bal-broker run) consumed {s.consumed}, annotated {s.annotated}, "
-             f"rejected {s.rejected} to {DLQ}, candidates {s.produced_candidates} -> {CANDIDATES}")
-        _say(f"   {elapsed:.1f} s including the consumer-group join: {rate:.0f} alerts/s; "
-             f"model bundle {service.annotator.model_version}")
-        if result.get("code", 0) != 0:
-            _say(f"   the service stopped with status {result['code']}: {getattr(service, 'stop_reason', '')}")
-            return int(result["code"])
-
+        code = _serve(broker.bootstrap, published, store_path)
+        if code != 0:
+            return code
+        _history_report(_read_topic(broker.bootstrap, OUTPUT))
         candidates = _read_candidates(broker.bootstrap)
         truth = _truth(night / "truth.jsonl")
         _report(candidates, truth, args)
@@ -126,8 +104,102 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_archive(dr_path: Path | None, store_path: Path) -> None:
+    """Bootstrap the SQLite history store from the night's data-release archive (step 3)."""
+    from broker_plugin.files.dr_lightcurves import load_ztf_lightcurves
+    from broker_plugin.history import open_store
+    from broker_plugin.history.dr_import import import_lightcurves
+
+    t0 = time.perf_counter()
+    store = open_store(str(store_path))
+    try:
+        if dr_path is None:
+            _say(f"3. no data-release archive (--dr-fraction 0): an empty history store {store_path}")
+            return
+        lcset = load_ztf_lightcurves(dr_path)
+        counts = import_lightcurves(store, lcset)
+    finally:
+        store.close()
+    _say(f"3. imported the data-release archive {dr_path}: {counts.sources} objects, {counts.points} points "
+         f"(synthetic, multi-year) into the history store {store_path} in {time.perf_counter() - t0:.1f} s")
+
+
+def _publish(by_survey: dict[str, list[Path]], bootstrap: str) -> int:
+    from broker_plugin.broker.publish import publish
+
+    published = 0
+    for survey, paths in by_survey.items():
+        if paths:
+            stats = publish(paths, TOPICS[survey], bootstrap)
+            if not stats.ok:
+                _say(f"   publish to {TOPICS[survey]}: {stats.summary()}")
+            published += stats.delivered
+    return published
+
+
+def _serve(bootstrap: str, published: int, store_path: Path) -> int:
+    """Run the service (step 5) until every published alert is annotated; its exit status."""
+    from broker_plugin.config import load_config
+    from broker_plugin.stream.service import Service
+
+    cfg = load_config(overrides={
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": "bal-broker-demo",
+                  "input_topics": list(TOPICS.values()), "output_topic": OUTPUT,
+                  "candidate_topic": CANDIDATES, "dlq_topic": DLQ},
+        "processing": {"batch_size": 500},
+        "history": {"backend": "sqlite", "path": str(store_path)},
+        "observability": {"metrics_port": 0, "log_level": "WARNING", "log_format": "text"},
+    }, environ={})
+    service = Service(cfg)
+    stop = threading.Event()
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", service.run(stop)), daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    deadline = t0 + 300.0
+    while thread.is_alive() and time.perf_counter() < deadline:
+        s = service.stats
+        if s.consumed >= published and s.produced_out + s.produced_dlq >= s.annotated + s.rejected:
+            break
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    thread.join(30.0)
+    s = service.stats
+    rate = s.consumed / elapsed if elapsed > 0 else 0.0
+    _say(f"5. the service (bal-broker run) consumed {s.consumed}, annotated {s.annotated}, "
+         f"rejected {s.rejected} to {DLQ}, candidates {s.produced_candidates} -> {CANDIDATES}")
+    _say(f"   {elapsed:.1f} s including the consumer-group join: {rate:.0f} alerts/s; "
+         f"model bundle {service.annotator.model_version}; history store {store_path.name}")
+    if result.get("code", 0) != 0:
+        _say(f"   the service stopped with status {result['code']}: {getattr(service, 'stop_reason', '')}")
+    return int(result.get("code", 0))
+
+
+def _history_report(records: list[tuple[dict[str, Any], Any]]) -> None:
+    """How many alerts were annotated on data release + packet, and how many on their packet alone."""
+    import statistics
+
+    long_, short = [], []
+    for bal, _ in records:
+        h = bal.get("history") or {}
+        span = float(h.get("span_days") or 0.0)
+        (long_ if sum((h.get("data_release") or {}).values()) > 0 else short).append(span)
+
+    def med(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.0f} d" if xs else "-"
+
+    _say(f"   history: {len(long_)} alerts annotated on long histories (data release + packet, median span "
+         f"{med(long_)}) vs {len(short)} on their packet alone (median span {med(short)})")
+
+
 def _read_candidates(bootstrap: str) -> list[tuple[dict[str, Any], Any]]:
     """Read the candidate topic back as a subscriber would, decoding with the plugin's own decoder."""
+    return _read_topic(bootstrap, CANDIDATES)
+
+
+def _read_topic(bootstrap: str, topic: str) -> list[tuple[dict[str, Any], Any]]:
+    """Every message of ``topic`` as (its ``bal`` record, the decoded alert)."""
     from confluent_kafka import Consumer, TopicPartition
 
     from broker_plugin.decode import decode_alert
@@ -135,8 +207,8 @@ def _read_candidates(bootstrap: str) -> list[tuple[dict[str, Any], Any]]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "demo-reader", "enable.auto.commit": False})
     out: list[tuple[dict[str, Any], Any]] = []
     try:
-        meta = consumer.list_topics(CANDIDATES, timeout=10)
-        parts = [TopicPartition(CANDIDATES, p, 0) for p in meta.topics[CANDIDATES].partitions]
+        meta = consumer.list_topics(topic, timeout=10)
+        parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
         ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
         consumer.assign(parts)
         remaining = sum(ends.values())
@@ -180,7 +252,7 @@ def _report(candidates: list[tuple[dict[str, Any], Any]], truth: dict[str, dict[
         if oid not in best or score(item) > score(best[oid]):
             best[oid] = item
     top = sorted(best.values(), key=score, reverse=True)[: args.top]
-    _say(f"\n5. top {len(top)} of {len(best)} candidate objects ({len(candidates)} candidate alerts):")
+    _say(f"\n6. top {len(top)} of {len(best)} candidate objects ({len(candidates)} candidate alerts):")
     _say(f"   {'object':<22}{'survey':<7}{'score':>7}{'p_BAL(lc)':>11}{'p_BAL(fus)':>11}  truth")
     for bal, alert in top:
         t = truth.get(alert.source_id, {})

@@ -9,18 +9,28 @@ again. This keeps the selection of alerting objects right (an object is picked i
 how often it is detected: faint, quiet quasars rarely alert, as in the real stream) at ~2.5
 simulations per ZTF quasar alert instead of ~10 with a fixed night. Supernovae and artefacts
 are placed directly on the night.
+
+Data-release archive (:mod:`.dr_archive`, ``write_night(..., dr_fraction=, dr_path=)``): a
+fraction of the ZTF alerts of DRW or periodic objects is simulated over several years instead of
+the packet window plus the search window; the alert is still a detection of the last 730 days and
+the packet is cut to the same window, so the packet's distribution is unchanged, and the archive
+gets the object's PSF light curve of the same realisation up to a cutoff before the alert. The
+choice of those alerts uses a random stream of its own: with ``dr_fraction=0`` a night is the
+same, alert for alert, as without an archive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .dr_archive import DR_BASELINE_DAYS, DR_VARIABILITY, DrArchiveWriter, DrEpochs, dr_epochs
 from .lightcurves import RUBIN_START_MJD, ZTF_MIDNIGHT, ZTF_START_MJD, SurveyData, opposition_ra, simulate_survey
 from .packet_common import AlertContext
 from .population import (
@@ -76,6 +86,7 @@ def simulate_alert(
     rng: np.random.Generator,
     *,
     history_days: float,
+    keep: Callable[[SurveyData, float], None] | None = None,
 ) -> tuple[SurveyData, str, int] | None:
     """Simulate ``obj`` so that it is detected on ``night_mjd``: (data, band, epoch index), or None.
 
@@ -83,6 +94,11 @@ def simulate_alert(
     are simulated over ``history_days`` + 730 days; one of their detections (any band, or ``band``
     if given) in the last 730 days is picked at random and the history shifted onto the night (see
     the module docstring). None means the object was not detected.
+
+    ``keep(data, t_alert)``, if given, extends the simulation of a DRW/periodic object to
+    :data:`.dr_archive.DR_BASELINE_DAYS` and is called with the shifted history before it is cut
+    to ``history_days`` (the data-release archive reads its epochs there); supernovae and
+    artefacts ignore it.
     """
     midnight = ZTF_MIDNIGHT if survey == "ztf" else 0.167
     start = ZTF_START_MJD if survey == "ztf" else RUBIN_START_MJD
@@ -97,7 +113,9 @@ def simulate_alert(
         j = int(np.argmin(np.abs(p.mjd - t_alert)))
         return (data, band, j) if p.detected[j] else None
     t_end = night_mjd + 1.0
-    baseline = min(history_days + _SEARCH_DAYS, t_end - start)
+    long = keep is not None and obj.variability in DR_VARIABILITY
+    baseline = min(max(DR_BASELINE_DAYS, history_days + _SEARCH_DAYS) if long else history_days + _SEARCH_DAYS,
+                   t_end - start)
     search_from = t_end - min(_SEARCH_DAYS, baseline)
     data = simulate_survey(obj, survey, t_end, rng, baseline_days=baseline)
     cands = [(b, int(j)) for b, p in data.phot.items() if band is None or b == band
@@ -109,6 +127,8 @@ def simulate_alert(
     shift = float(night_mjd - math.floor(t_det))
     _shift(data, obj, shift)
     t_alert = t_det + shift
+    if long and keep is not None:
+        keep(data, t_alert)
     _truncate(data, t_alert, max(t_alert - history_days, start))
     p = data.phot[band]
     j = int(np.argmin(np.abs(p.mjd - t_alert)))
@@ -150,20 +170,29 @@ def generate_alert(
     stamps: bool = True,
     history_days: float | None = None,
     serial_offset: int = 0,
+    archive: DrArchiveWriter | None = None,
+    dr_rng: np.random.Generator | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """One alert of an object of ``kind`` (see :func:`population.draw_object`) on ``night_mjd``."""
+    """One alert of an object of ``kind`` (see :func:`population.draw_object`) on ``night_mjd``.
+
+    With ``archive``, a DRW/periodic object is simulated over the whole survey and its data-release
+    light curve written there (photometric noise from ``dr_rng``); ``truth["data_release"]`` says
+    whether it was.
+    """
     hist = history_days if history_days is not None else DEFAULT_HISTORY_DAYS[survey]
     ra0 = opposition_ra(night_mjd)
     result = None
     obj: SimObject | None = None
     fallback = False
+    kept: list[DrEpochs] = []
+    keep = (lambda d, t: kept.append(dr_epochs(d, t))) if archive is not None else None
     for attempt in range(_MAX_TRIES):
         k = kind if attempt < _MAX_TRIES - 1 else "bogus"
         fallback = k != kind
         # Constant stars would only alert on 5-sigma noise: in a stream, stars are the variable ones.
         obj = draw_object(rng, index, k, bal_fraction=bal_fraction, effect=effect, survey=survey,
                           ra_center=ra0, ra_halfwidth=60.0, star_constant_fraction=0.0)
-        result = simulate_alert(obj, survey, None, night_mjd, rng, history_days=hist)
+        result = simulate_alert(obj, survey, None, night_mjd, rng, history_days=hist, keep=keep)
         if result is not None:
             break
     if result is None or obj is None:  # pragma: no cover - the bogus fallback always detects
@@ -176,6 +205,9 @@ def generate_alert(
         packet, truth = write_rubin_packet(ctx, rng, stamps=stamps)
     truth["attempts"] = attempt + 1
     truth["fallback_bogus"] = fallback
+    truth["data_release"] = bool(kept) and archive is not None
+    if kept and archive is not None:
+        archive.add(ctx.serial, obj.ra, obj.dec, kept[-1], dr_rng if dr_rng is not None else rng)
     return packet, truth
 
 
@@ -190,8 +222,17 @@ def iter_night(
     effect: BalLightCurveEffect | None = None,
     stamps: bool = True,
     history_days: float | None = None,
+    dr_fraction: float = 0.0,
+    archive: DrArchiveWriter | None = None,
 ) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    """Yield the alerts of :func:`generate_night` one at a time, in generation order (constant memory)."""
+    """Yield the alerts of :func:`generate_night` one at a time, in generation order (constant memory).
+
+    With ``archive``, each ZTF alert is chosen with probability ``dr_fraction`` (from a random
+    stream of its own, so the other alerts do not change) to have its object's data-release light
+    curve written there if the object is a DRW or periodic one (see :mod:`.dr_archive`).
+    """
+    if not 0.0 <= dr_fraction <= 1.0:
+        raise ValueError(f"dr_fraction must be within [0, 1], not {dr_fraction}")
     s_kinds, s_p = normalise_mix(survey_mix or {"ztf": 0.7, "lsst": 0.3})
     c_kinds, c_p = normalise_mix(class_mix or DEFAULT_STREAM_MIX)
     for s in s_kinds:
@@ -203,8 +244,11 @@ def iter_night(
         rng = np.random.default_rng(child)
         survey = _pick(rng, s_kinds, s_p)
         kind = _pick(rng, c_kinds, c_p)
+        dr_rng = np.random.default_rng(child.spawn(1)[0]) if archive is not None else None
+        use_dr = dr_rng is not None and survey == "ztf" and dr_rng.random() < dr_fraction
         yield generate_alert(i, rng, survey=survey, kind=kind, night_mjd=night_mjd, bal_fraction=bal_fraction,
-                             effect=effect, stamps=stamps, history_days=history_days, serial_offset=serial_offset)
+                             effect=effect, stamps=stamps, history_days=history_days, serial_offset=serial_offset,
+                             archive=archive if use_dr else None, dr_rng=dr_rng)
 
 
 def generate_night(
@@ -251,7 +295,12 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def write_night(directory: str | Path, n_alerts: int, *, truth_epochs: bool = False, **kwargs: Any) -> list[Path]:
+#: File name of the data-release archive in a night's directory when no ``dr_path`` is given.
+DR_FILE = "ztf_dr_lightcurves.csv"
+
+
+def write_night(directory: str | Path, n_alerts: int, *, truth_epochs: bool = False, dr_fraction: float = 0.0,
+                dr_path: str | Path | None = None, **kwargs: Any) -> list[Path]:
     """Write the alerts of :func:`iter_night` as ``.avro`` files plus ``truth.jsonl`` into ``directory``.
 
     ZTF files are named ``ztf_<candid>.avro`` (Avro containers), Rubin ones ``lsst_<diaSourceId>.avro``
@@ -259,12 +308,17 @@ def write_night(directory: str | Path, n_alerts: int, *, truth_epochs: bool = Fa
     ``truth.jsonl`` is one alert's truth with its ``file``; per-epoch arrays only if ``truth_epochs``.
     Alerts are written as they are generated (constant memory), in generation order; keyword
     arguments are those of :func:`iter_night`.
+
+    ``dr_fraction`` > 0 also writes a data-release archive (:mod:`.dr_archive`: one IRSA-style CSV,
+    at ``dr_path``, default ``directory/ztf_dr_lightcurves.csv``) of that fraction of the ZTF alerts'
+    DRW/periodic objects; their truth rows say ``"data_release": true``.
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     paths = []
-    with (d / "truth.jsonl").open("w") as fh:
-        for packet, truth in iter_night(n_alerts, **kwargs):
+    archive = DrArchiveWriter(dr_path if dr_path is not None else d / DR_FILE) if dr_fraction > 0 else None
+    with (d / "truth.jsonl").open("w") as fh, archive or contextlib.nullcontext():
+        for packet, truth in iter_night(n_alerts, dr_fraction=dr_fraction, archive=archive, **kwargs):
             name = f"{truth['survey']}_{truth['source_id']}.avro"
             (d / name).write_bytes(packet)
             paths.append(d / name)
