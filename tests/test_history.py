@@ -308,3 +308,14 @@ def test_store_contents_are_json_free_of_nan(tmp_path: Path, lsst_alert_files: l
     conn = sqlite3.connect(tmp_path / "h.sqlite")
     for (data,) in conn.execute("SELECT data FROM aggregates"):
         assert all(np.isfinite(v) for v in json.loads(data).values())
+
+
+def test_the_retention_window_limits_what_an_alert_reads() -> None:
+    packet = {"g": _lc("g", [1000.0], [1000.0])}
+    stored = lightcurve_points({"g": _lc("g", [100.0, 700.0, 990.0], [900.0, 950.0, 980.0])}, ORIGIN_ZTF_ALERT, 995.0)
+    a = _alert(packet, 1000.0)
+    merge_alert(a, stored, window_days=365.0)
+    assert a.lightcurves["g"].mjd.tolist() == [700.0, 990.0, 1000.0]
+    b = _alert(packet, 1000.0)
+    merge_alert(b, stored)
+    assert b.lightcurves["g"].mjd.tolist() == [100.0, 700.0, 990.0, 1000.0]
