@@ -64,7 +64,8 @@ CONSUMER_ONLY = frozenset({"group.id", "auto.offset.reset", "session.timeout.ms"
 
 #: KafkaConfig fields that configure the application, not librdkafka: accepted and ignored.
 APPLICATION_KEYS = frozenset({"input_topics", "input_pattern", "output_topic", "candidate_topic", "dlq_topic",
-                              "exactly_once", "schema_registry_url"})
+                              "exactly_once", "schema_registry_url", "input_max_bytes", "output_max_bytes",
+                              "dlq_max_bytes", "metadata_refresh_ms"})
 
 #: Per-client-kind escape hatches of KafkaConfig: merged verbatim into that kind's dict only.
 EXTRA_KEYS = {"consumer": "consumer_extra", "producer": "producer_extra"}

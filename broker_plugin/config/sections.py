@@ -1,31 +1,19 @@
-"""Typed service configuration: YAML plus environment overrides, validated in one place.
+"""The configuration's sections (frozen dataclasses) and the checks that make a configuration valid.
 
-Why one place: operators deploy the service from a ConfigMap and a Secret, and a typo must stop
-the service at start-up with one line naming the key, not surface as a librdkafka error an hour
-later. Every section is a frozen dataclass; :func:`load_config` checks unknown keys, types and
-ranges and raises :class:`~broker_plugin.errors.ConfigError` (exit status 2).
-
-Environment overrides use ``BAL_BROKER__SECTION__KEY`` (double underscores separate levels), e.g.
-``BAL_BROKER__KAFKA__BOOTSTRAP_SERVERS=kafka:9092`` or ``BAL_BROKER__KAFKA__SASL_PASSWORD=...``;
-values are parsed as YAML scalars so numbers and booleans keep their types. Secrets should come
-from the environment (a Kubernetes Secret), never from the committed YAML.
+Part of :mod:`broker_plugin.config` (see its docstring): the settings and their rules live here, the
+reading of YAML and the environment in :mod:`~broker_plugin.config.loading`.
 """
+
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import math
-import os
 import re
-import types
-import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from broker_plugin.errors import ConfigError
 
@@ -64,6 +52,17 @@ class KafkaConfig:
     producer_extra: Mapping[str, Any] = field(default_factory=dict)
     #: Confluent schema registry for wire-format output and unknown input schema ids (optional).
     schema_registry_url: str | None = None
+    #: Message size limits (bytes). Rubin's alert stream allows 10 MB messages; the input limit sets
+    #: the consumer's fetch and receive limits, the output and dead-letter limits what the service
+    #: will send: a larger annotated alert goes out without its cutouts (flag cutouts_dropped_size), a
+    #: larger dead letter as a stub (headers, size, sha256, first bytes). The topics' own
+    #: max.message.bytes (1 MB by default on Apache Kafka) must allow as much.
+    input_max_bytes: int = 10_485_760
+    output_max_bytes: int = 10_485_760
+    dlq_max_bytes: int = 10_485_760
+    #: How often librdkafka refreshes topic metadata (ms): how soon a recreated or new topic that
+    #: matches input_pattern is consumed (librdkafka's default is 5 minutes).
+    metadata_refresh_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,12 @@ class ProcessingConfig:
     #: Optional replay window (ISO-8601 or epoch milliseconds), resolved with offsets_for_times.
     time_from: str | None = None
     time_to: str | None = None
+    #: Largest cutout decoded, in pixels (real stamps are 63x63 = 3,969 or smaller): a larger one is
+    #: not inflated past this and the alert is annotated without cutouts (flag cutouts_dropped_size).
+    max_stamp_pixels: int = 16_384
+    #: Inflated cutout bytes one batch may hold; alerts past it are annotated without cutouts
+    #: (flag cutouts_dropped_budget), so memory is bounded per batch, not per message.
+    batch_inflated_bytes: int = 67_108_864
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,10 @@ class ObservabilityConfig:
     metrics_port: int = 9108  # 0 disables the Prometheus endpoint
     log_level: str = "INFO"
     log_format: str = "json"  # "json" for log shippers, "text" for people
+    #: Outputs waiting longer than this for the broker's acknowledgement: WARNING, metric, exit 1 (restart).
+    unacked_timeout_s: float = 120.0
+    #: No partition assigned (or nothing subscribed matches) for this long: WARNING and metric, repeated.
+    no_assignment_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +195,7 @@ def _validate(cfg: ServiceConfig) -> None:
         raise ConfigError("processing.candidate_threshold must be in [0, 1]")
     if p.error_max < 0 or p.error_window_s <= 0:
         raise ConfigError("processing.error_max must be >= 0 and error_window_s > 0")
+    _validate_limits(cfg)
     window = [parse_time_ms(v, f"processing.{n}") if v is not None else None
               for n, v in (("time_from", p.time_from), ("time_to", p.time_to))]
     if window[0] is not None and window[1] is not None and window[0] > window[1]:
@@ -199,6 +209,24 @@ def _validate(cfg: ServiceConfig) -> None:
     if cfg.models.bundle is not None and not Path(cfg.models.bundle).is_dir():
         raise ConfigError(f"models.bundle: not a directory: {cfg.models.bundle}")
     _validate_history(cfg.history)
+
+
+def _validate_limits(cfg: ServiceConfig) -> None:
+    """Sizes, timeouts and budgets: positive (floats are finite already: the loader refuses nan/inf)."""
+    k, p, o = cfg.kafka, cfg.processing, cfg.observability
+    for where, value, low in (("kafka.input_max_bytes", k.input_max_bytes, 1024),
+                              ("kafka.output_max_bytes", k.output_max_bytes, 1024),
+                              ("kafka.dlq_max_bytes", k.dlq_max_bytes, 1024),
+                              ("kafka.metadata_refresh_ms", k.metadata_refresh_ms, 1000),
+                              ("kafka.session_timeout_ms", k.session_timeout_ms, 1000),
+                              ("processing.max_stamp_pixels", p.max_stamp_pixels, 64 * 64),
+                              ("processing.batch_inflated_bytes", p.batch_inflated_bytes, 1 << 20),
+                              ("observability.unacked_timeout_s", o.unacked_timeout_s, 1.0),
+                              ("observability.no_assignment_timeout_s", o.no_assignment_timeout_s, 1.0)):
+        if value < low:
+            raise ConfigError(f"{where} must be at least {low:g}")
+    if max(k.input_max_bytes, k.output_max_bytes, k.dlq_max_bytes) > 1_000_000_000:
+        raise ConfigError("kafka.*_max_bytes must be at most 1000000000 (librdkafka's limit)")
 
 
 MAX_HISTORY_RADIUS_ARCSEC = 60.0  # the zone height of broker_plugin.history.sky: the largest radius it serves
@@ -236,185 +264,3 @@ def parse_time_ms(value: str, where: str = "time") -> int:
     return round(parsed.timestamp() * 1000)
 
 
-def _coerce_bool(value: Any, where: str) -> bool:
-    """Only a YAML boolean: ``1`` or ``"yes"`` for a flag is more likely a typo than intent."""
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"{where}: expected true or false, got {value!r}")
-
-
-def _coerce_int(value: Any, where: str) -> int:
-    """An integer, never a bool (``True`` is an ``int`` in Python but not in a config file)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise ConfigError(f"{where}: expected an integer, got {value!r}")
-
-
-def _coerce_float(value: Any, where: str) -> float:
-    """A number; an integer widens losslessly to float, a bool is refused."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigError(f"{where}: expected a number, got {value!r}")
-
-
-def _coerce_str(value: Any, where: str) -> str:
-    """A string; numbers and YAML's unquoted dates are turned back into the text that was meant."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, _dt.date):  # YAML reads an unquoted 2024-05-01T00:00:00Z as a datetime
-        if isinstance(value, _dt.datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
-        return value.isoformat()
-    raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
-
-
-#: Coercers of the scalar annotations, split out of :func:`_coerce` so each type's rule reads alone.
-_SCALAR_COERCERS: dict[Any, Callable[[Any, str], Any]] = {
-    bool: _coerce_bool,
-    int: _coerce_int,
-    float: _coerce_float,
-    str: _coerce_str,
-}
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; convert only lossless, obvious cases."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError:
-                continue
-        # The value is never shown: it may be a secret.
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list of strings, got {type(value).__name__}")
-        return tuple(_coerce(v, typing.get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict) or tp is Mapping:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    scalar = _SCALAR_COERCERS.get(tp)
-    if scalar is not None:
-        return scalar(value, where)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - programming error
-
-
-def _type_name(tp: Any) -> str:
-    return " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(tp)) or str(tp)
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'configuration'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown configuration key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _env_target_type(path: list[str]) -> Any:
-    """The annotation of the setting an environment path names, or None when it names none."""
-    tp: Any = ServiceConfig
-    for part in path:
-        if not dataclasses.is_dataclass(tp):
-            return None
-        hints = typing.get_type_hints(tp)
-        if part not in hints:
-            return None
-        tp = hints[part]
-    return tp
-
-
-def _is_text(tp: Any) -> bool:
-    """A ``str`` or ``str | None`` setting: its environment value is taken verbatim."""
-    if tp is str:
-        return True
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args == [str]
-    return False
-
-
-def _env_value(key: str, raw: str, path: list[str]) -> Any:
-    """An environment override's value.
-
-    Why not YAML for everything: a password such as ``0123456`` (YAML: the octal 42798), ``0x1F``,
-    ``null`` or ``pa ss #x`` (YAML: a comment) must reach librdkafka exactly as the Secret holds it.
-    Text settings therefore take the string verbatim; numbers, flags, lists and mappings are read
-    as YAML, and a value that is not valid YAML is passed on as the string for type checking.
-    """
-    if _is_text(_env_target_type(path)):
-        return raw
-    if raw == "":
-        return None
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
-        if len(path) < 2:
-            raise ConfigError(f"environment override {key}: use {ENV_PREFIX}SECTION__KEY")
-        value = _env_value(key, raw, path)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"environment override {key}: {part} is not a section")
-        node[path[-1]] = value
-    return data
-
-
-def load_config(path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None,
-                environ: Mapping[str, str] | None = None) -> ServiceConfig:
-    """Read YAML (if given), apply ``overrides`` (nested dict) and environment variables, validate.
-
-    Raises ConfigError with one line naming the problem: unreadable file, bad YAML, unknown key,
-    wrong type or out-of-range value.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"configuration file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"configuration file {p} is not valid YAML{at}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"configuration file {p} must hold a mapping at the top level")
-        data = loaded or {}
-    for section, values in (overrides or {}).items():
-        if isinstance(values, Mapping):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
-    data = _apply_env(data, os.environ if environ is None else environ)
-    return _build(ServiceConfig, data, "")
