@@ -7,6 +7,8 @@ import json
 import logging
 import urllib.request
 
+import pytest
+
 from broker_plugin.broker.embedded import find_free_port
 from broker_plugin.stream.logs import JsonFormatter, RateLimitFilter, TextFormatter, register_secret, setup_logging
 from broker_plugin.stream.metrics import Metrics, consumer_lag
@@ -78,6 +80,18 @@ def test_registered_secrets_never_reach_a_line() -> None:
     for fmt in (JsonFormatter(), TextFormatter()):
         line = fmt.format(rec)
         assert "hunter2-password" not in line and "***" in line
+
+
+@pytest.mark.parametrize("secret", ['pa"ss-word', "back\\slash-pw", 'both"\\-é-pw', "tab\tnew\nline-pw"])
+def test_secrets_that_json_escapes_are_still_scrubbed(secret: str) -> None:
+    """The scrub runs before serialisation: JSON would escape these characters and hide the secret
+    from a scrub of the finished line."""
+    register_secret(secret)
+    rec = _record("login %s failed", secret, config={"sasl.password": secret, "list": [secret]}, err=ValueError(secret))
+    for fmt in (JsonFormatter(), TextFormatter()):
+        line = fmt.format(rec)
+        assert secret not in line and json.dumps(secret)[1:-1] not in line, line
+    assert json.loads(JsonFormatter().format(rec))["config"] == {"sasl.password": "***", "list": ["***"]}
 
 
 def test_setup_logging_is_idempotent_and_text_format_works() -> None:

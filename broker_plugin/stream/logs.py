@@ -48,6 +48,23 @@ def scrub(text: str) -> str:
     return text
 
 
+def _scrubbed(value: Any) -> Any:
+    """``value`` with secrets masked in every string inside it, before it is serialised.
+
+    Why before: JSON escapes a ``"`` or ``\\`` inside a secret (``pa"ss`` becomes ``pa\\"ss``), so a
+    scrub of the finished line no longer finds the secret's text and prints it in clear.
+    """
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrubbed(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return scrub(str(value))
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
 
@@ -66,7 +83,7 @@ class JsonFormatter(logging.Formatter):
             entry.setdefault(key, value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return scrub(json.dumps(entry, default=str, ensure_ascii=False))
+        return scrub(json.dumps(_scrubbed(entry), default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -79,7 +96,7 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         extras = _extras(record)
         if extras:
-            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            line += " " + " ".join(f"{k}={_scrubbed(v)}" for k, v in extras.items())  # before repr escapes
         return scrub(line)
 
 
