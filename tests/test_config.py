@@ -57,6 +57,15 @@ def test_environment_overrides_keep_types(config_file) -> None:
         ("- just\n- a list\n", "mapping"),
         ("kafka: [\n", "not valid YAML"),
         ("kafka:\n  input_topics: [a]\nprocessing:\n  drop_cutouts: 1\n", "true or false"),
+        ("kafka:\n  input_topics: [a]\n  bootstrap_servers: 'not a host::::'\n", "kafka.bootstrap_servers"),
+        ("kafka:\n  input_topics: [a]\n  bootstrap_servers: 'kafka:99999'\n", "kafka.bootstrap_servers"),
+        ("kafka:\n  input_topics: [a]\nprocessing:\n  batch_timeout_s: .nan\n", "finite"),
+        ("kafka:\n  input_topics: [a]\nprocessing:\n  error_window_s: .inf\n", "finite"),
+        ("kafka:\n  input_topics: [a]\nprocessing:\n  batch_timeout_s: -1\n", "batch_timeout_s"),
+        ("kafka:\n  input_topics: [a]\n  output_max_bytes: -5\n", "kafka.output_max_bytes"),
+        ("kafka:\n  input_topics: [a]\nobservability:\n  unacked_timeout_s: 0\n", "unacked_timeout_s"),
+        ("kafka:\n  input_topics: [a]\nhistory:\n  radius_arcsec: .nan\n", "finite"),
+        ("kafka:\n  input_topics: [a]\n  session_timeout_ms: -3\n", "session_timeout_ms"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(config_file, text: str, needle: str) -> None:
@@ -65,6 +74,20 @@ def test_bad_configuration_is_one_clear_line(config_file, text: str, needle: str
     message = str(err.value)
     assert needle in message
     assert "\n" not in message
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("kafka:\n  input_topics: [caf\xe9]\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8") as err:
+        load_config(path, environ={})
+    assert "\n" not in str(err.value)
+
+
+def test_nan_from_the_environment_is_refused(config_file) -> None:
+    env = {"BAL_BROKER__PROCESSING__BATCH_TIMEOUT_S": ".nan"}
+    with pytest.raises(ConfigError, match=r"processing\.batch_timeout_s"):
+        load_config(config_file("kafka:\n  input_topics: [a]\n"), environ=env)
 
 
 def test_missing_file_is_config_error(tmp_path: Path) -> None:

@@ -170,6 +170,7 @@ def _check_librdkafka_pattern(pattern: str) -> None:
 
 def _validate(cfg: ServiceConfig) -> None:
     k, p, o = cfg.kafka, cfg.processing, cfg.observability
+    _check_bootstrap(k.bootstrap_servers)
     if not k.input_topics and not k.input_pattern:
         raise ConfigError("kafka: set input_topics or input_pattern (nothing to consume)")
     if k.input_pattern is not None:
@@ -209,6 +210,21 @@ def _validate(cfg: ServiceConfig) -> None:
     if cfg.models.bundle is not None and not Path(cfg.models.bundle).is_dir():
         raise ConfigError(f"models.bundle: not a directory: {cfg.models.bundle}")
     _validate_history(cfg.history)
+
+
+#: One bootstrap address as librdkafka reads it: an optional ``PROTOCOL://``, a host name, IPv4
+#: address or bracketed IPv6 address, and an optional port.
+_BOOTSTRAP_ADDRESS = re.compile(r"^(?:[A-Za-z_]+://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+                                r"(?::([0-9]{1,5}))?$")
+
+
+def _check_bootstrap(value: str) -> None:
+    """Refuse a ``bootstrap_servers`` librdkafka could never connect to: it would retry it forever."""
+    parts = [v.strip() for v in value.split(",")]
+    for part in parts:
+        m = _BOOTSTRAP_ADDRESS.match(part)
+        if not part or m is None or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
+            raise ConfigError(f"kafka.bootstrap_servers: {part!r} is not HOST:PORT (a comma-separated list of them)")
 
 
 def _validate_limits(cfg: ServiceConfig) -> None:
