@@ -21,6 +21,7 @@ from broker_plugin.broker.embedded import (
     BrokerNotInstalledError,
     EmbeddedBroker,
     EmbeddedBrokerError,
+    find_free_port,
     resolve_binary,
 )
 from broker_plugin.errors import ConfigError
@@ -278,3 +279,31 @@ def test_stop_is_prompt_with_clients_connected(kafka_broker: EmbeddedBroker) -> 
         broker.stop()
         assert time.monotonic() - t0 < 2
         assert not broker.running
+
+
+@pytest.mark.kafka
+def test_a_port_whose_old_connections_sit_in_time_wait_can_be_reused() -> None:
+    """Stop a broker that served a client (its side of the connections goes to TIME_WAIT), start
+    another on the same --port at once: it must start, not report the port as in use."""
+    from confluent_kafka import Producer
+
+    port = find_free_port()
+    first = EmbeddedBroker(port=port).start()
+    try:
+        first.create_topics(["tw"], partitions=1)
+        producer = Producer({"bootstrap.servers": first.bootstrap, "log_level": 0})
+        for _ in range(5):
+            producer.produce("tw", b"x")
+        assert producer.flush(10) == 0
+    finally:
+        first.stop()
+    second = EmbeddedBroker(port=port).start()
+    try:
+        assert second.bootstrap.endswith(f":{port}")
+    finally:
+        second.stop()
+    with socket.socket() as listener:  # a port with a live listener is still refused
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        with pytest.raises(ConfigError, match="already in use"):
+            EmbeddedBroker(port=listener.getsockname()[1]).start()

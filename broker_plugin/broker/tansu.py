@@ -40,8 +40,13 @@ def find_free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """Whether ``port`` can be bound on ``host`` right now."""
+    """Whether a server could listen on ``port`` of ``host`` right now.
+
+    SO_REUSEADDR, as servers (Tansu included) bind with it: connections of an earlier broker that
+    sit in TIME_WAIT do not make the port busy, a process listening on it does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
