@@ -101,7 +101,7 @@ def merge_points(packet: Mapping[str, LightCurve], packet_pts: Points, cand: Poi
         & np.isfinite(allp.flux_err) & (allp.flux_err > 0)
     mismatched = int(np.count_nonzero(kinds[cand.band] != cand.kind)) if len(cand) else 0
     idx = np.flatnonzero(keep)
-    idx = idx[sorted_unique_epochs(allp.band[idx].astype(np.intp), allp.mjd[idx], prio[idx])]
+    idx = idx[sorted_unique_epochs(allp.band[idx].astype(np.intp), allp.mjd[idx], prio[idx], allp.flux_err[idx])]
     band, mjd, flux, err, src = allp.band[idx], allp.mjd[idx], allp.flux[idx], allp.flux_err[idx], src[idx]
     mag, mag_err = flux_to_mag(flux, err)
     lcs: dict[str, LightCurve] = {}

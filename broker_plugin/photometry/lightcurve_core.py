@@ -131,19 +131,22 @@ def flux_to_mag(flux: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return mag, mag_err
 
 
-def sorted_unique_epochs(group: np.ndarray, mjd: np.ndarray, prio: np.ndarray) -> np.ndarray:
+def sorted_unique_epochs(group: np.ndarray, mjd: np.ndarray, prio: np.ndarray,
+                         err: np.ndarray | None = None) -> np.ndarray:
     """Public name of the epoch de-duplication rule (see :func:`_sorted_unique_epochs`): the history
     merge applies it to stored and packet points together, as the builders do within a packet."""
-    return _sorted_unique_epochs(group, mjd, prio)
+    return _sorted_unique_epochs(group, mjd, prio, err)
 
 
-def _sorted_unique_epochs(group: np.ndarray, mjd: np.ndarray, prio: np.ndarray) -> np.ndarray:
+def _sorted_unique_epochs(group: np.ndarray, mjd: np.ndarray, prio: np.ndarray,
+                          err: np.ndarray | None = None) -> np.ndarray:
     """Indices ordering points by (group, time) with one point per group and epoch (lowest prio wins).
 
     Points of one group (alert and band) closer than DUPLICATE_TOL_DAYS form one epoch; within it
     the point with the lowest priority value is kept (the alert's detection, then history, then
-    forced photometry), the earlier row among equals. Epochs never span groups, so an alert's
-    points come out the same whatever else is in the batch.
+    forced photometry), among equals the one with the smaller ``err`` (the same exposure measured
+    twice: keep the better measurement), then the earlier row. Epochs never span groups, so an
+    alert's points come out the same whatever else is in the batch.
     """
     n = mjd.size
     if n < 2:
@@ -158,7 +161,7 @@ def _sorted_unique_epochs(group: np.ndarray, mjd: np.ndarray, prio: np.ndarray) 
         return order
     # an epoch may span points whose times differ by < tol with priorities out of order: re-sort
     epoch = np.cumsum(new_epoch)
-    order2 = np.lexsort((prio[order], epoch))
+    order2 = np.lexsort((prio[order], epoch)) if err is None else np.lexsort((err[order], prio[order], epoch))
     e2 = epoch[order2]
     first = np.empty(n, dtype=bool)
     first[0] = True
@@ -211,7 +214,7 @@ def _assemble(names: tuple[str, ...], n_alerts: int, group: np.ndarray, mjd: np.
     ok = (group >= 0) & np.isfinite(mjd) & np.isfinite(flux) & np.isfinite(err) & (err > 0)
     if not ok.all():
         group, mjd, flux, err, prio = group[ok], mjd[ok], flux[ok], err[ok], prio[ok]
-    idx = _sorted_unique_epochs(group, mjd, prio)
+    idx = _sorted_unique_epochs(group, mjd, prio, err)
     group, mjd, flux, err = group[idx], mjd[idx], flux[idx], err[idx]
     mag, mag_err = flux_to_mag(flux, err)
     out: list[dict[str, LightCurve]] = [{} for _ in range(n_alerts)]

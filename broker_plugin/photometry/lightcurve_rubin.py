@@ -35,7 +35,8 @@ _LSST_INDEX = {b: i for i, b in enumerate(LSST_BANDS)}
 #: ZTF_DETECTION_FIELDS for why they are listed).
 RUBIN_SOURCE_FIELDS: tuple[str, ...] = ("midpointMjdTai", "midPointTai", "psfFlux", "psFlux", "psfFluxErr",
                                         "psFluxErr", "scienceFlux", "scienceFluxErr", "band", "filterName")
-_RUBIN_FLAGS = _flag_sets(("no_history", "dc_magnitudes", "difference_magnitudes", "dc_points_missing"))
+_RUBIN_FLAGS = _flag_sets(("no_history", "dc_magnitudes", "difference_magnitudes", "dc_points_missing",
+                           "trigger_point_dropped"))
 _RUBIN_KEYS = ("midpointMjdTai", "psfFlux", "psfFluxErr", "scienceFlux", "scienceFluxErr")
 _RUBIN_PRIOS = np.array([_PRIO_ALERT, _PRIO_HISTORY, _PRIO_FORCED], dtype=np.int8)
 _TRIPLES = np.tile(np.arange(3), 4096)  # 0, 1, 2, 0, 1, 2...: indexes _RUBIN_PRIOS per alert
@@ -122,12 +123,16 @@ def _rubin_batch(records: Sequence[Mapping[str, Any]]) -> list[LightCurveResult]
     dc_group = (n_sci > 0) & (n_sci >= _DC_FRACTION * n_all)
     dc = dc_group[group] & use
     missing = dc & ~has_sci
-    lcs = _assemble(LSST_BANDS, n, np.where(use & ~missing, group, -1), t, np.where(dc, sf, f),
-                    np.where(dc, sfe, fe), prio, dc_group)
+    flux, err = np.where(dc, sf, f), np.where(dc, sfe, fe)
+    lcs = _assemble(LSST_BANDS, n, np.where(use & ~missing, group, -1), t, flux, err, prio, dc_group)
+    # the alert's own diaSource (its rows' priority _PRIO_ALERT) that no light curve holds
+    kept = use & ~missing & np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    trigger_lost = (prio == _PRIO_ALERT) & ~kept
 
     present = n_all > 0
     flags = _flag_lists(_RUBIN_FLAGS, no_history, (
         _any_group(present & dc_group, n, nb),  # dc_magnitudes
         _any_group(present & ~dc_group, n, nb),  # difference_magnitudes
-        _any_row(alert, missing, n)))  # dc_points_missing
+        _any_row(alert, missing, n),  # dc_points_missing
+        _any_row(alert, trigger_lost, n)))  # trigger_point_dropped
     return [(lc, {}, fl) for lc, fl in zip(lcs, flags, strict=True)]

@@ -58,7 +58,7 @@ _POSITIVE = frozenset(("t", "T", "1", "true", True))
 _ZTF_NAMES: tuple[str, ...] = tuple(ZTF_FID_BANDS[f] for f in sorted(ZTF_FID_BANDS))
 _ZTF_FIDS = np.array(sorted(ZTF_FID_BANDS), dtype=np.float64)
 _ZTF_FLAGS = _flag_sets(("no_history", "dc_magnitudes", "difference_magnitudes", "fp_hists_used",
-                         "dc_ref_borrowed", "dc_nonpositive_dropped"))
+                         "dc_ref_borrowed", "dc_nonpositive_dropped", "trigger_point_dropped"))
 
 
 def _fid_index(fid: np.ndarray) -> np.ndarray:
@@ -197,8 +197,17 @@ def _ztf_batch(records: Sequence[Mapping[str, Any]]) -> list[LightCurveResult]:
         _any_group(present & ~dc_group, n, nb),  # difference_magnitudes
         _any_row(alert, keep & is_fp, n),  # fp_hists_used
         _any_row(alert, borrow, n) if borrowed else False,  # dc_ref_borrowed
-        _any_row(alert, nonpos & use, n)))  # dc_nonpositive_dropped
+        _any_row(alert, nonpos & use, n),  # dc_nonpositive_dropped
+        _dropped_triggers(keep, det_ends)))  # trigger_point_dropped
     return list(zip(lcs, uls, flags, strict=True))
+
+
+def _dropped_triggers(keep: np.ndarray, det_ends: list[int]) -> np.ndarray | np.bool_:
+    """Per alert: whether its own detection (the ``candidate``, each alert's first detection row)
+    is unusable (a non-finite, negative or implausible magnitude, no positive error, bad pixels),
+    so the light curve lacks the very point that triggered the alert (flag ``trigger_point_dropped``)."""
+    dropped = ~keep[[0, *det_ends[:-1]]]
+    return dropped[0] if len(det_ends) == 1 else dropped
 
 
 def _ztf_upper_limits(rows: Sequence[Mapping[str, Any]], ends: Sequence[int],
