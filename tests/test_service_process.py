@@ -197,6 +197,50 @@ def test_two_workers_share_partitions_and_drain_on_sigterm(kafka_broker: Embedde
     assert len(pids) == 2
 
 
+def test_a_dead_worker_is_restarted_and_the_others_keep_running(kafka_broker: EmbeddedBroker,
+                                                                ztf_alerts: list[tuple[str, bytes]],
+                                                                tmp_path: Path) -> None:
+    """kill -9 one of two workers: the parent restarts it after a backoff, the other keeps its pid and
+    keeps consuming, every alert produced afterwards is annotated, and SIGTERM still exits 0."""
+    bootstrap = kafka_broker.bootstrap
+    topic = unique_name("w-restart")
+    kafka_broker.create_topics([topic], partitions=4)
+    cfg = make_config(bootstrap, topic, processing={"batch_size": 32})
+    path = tmp_path / "config.yaml"
+    path.write_text(config_yaml(cfg))
+    log_path = tmp_path / "workers.log"
+
+    def events(name: str) -> list[dict[str, Any]]:
+        out = []
+        for line in log_path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == name:
+                out.append(entry)
+        return out
+
+    with open(log_path, "wb") as log_file:
+        proc = _start(path, "--workers", "2", stderr=log_file)
+        try:
+            wait_for(lambda: bool(events("workers")), 20, "the workers to start")
+            first, second = events("workers")[0]["pids"]
+            wait_for(lambda: len({e["pid"] for e in events("assign")}) == 2, 40, "both workers assigned")
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: bool(events("worker_restarted")), 30, "the dead worker's restart")
+            assert events("worker_died")[0]["status"] == 128 + signal.SIGKILL
+            os.kill(second, 0)  # still the same process: it was never stopped
+            items = [(_key(d), d) for _, d in ztf_alerts]
+            produce(bootstrap, topic, items)
+            out = drain_topic(bootstrap, cfg.kafka.output_topic, min_count=len(items), timeout=60)
+        finally:
+            code, _ = _stop(proc)
+    assert code == 0, log_path.read_text()[-2000:]
+    assert len({m.value() for m in out}) == len(items)
+    assert events("worker_restarted")[0]["pid"] not in (first, second)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("text", "needle"), [
     ("kafka:\n  input_topics: [a]\n  bootstrap_server: x\n", "unknown configuration key kafka.bootstrap_server"),

@@ -12,10 +12,14 @@ The parent:
   (used by the time-range mode to split partitions) and, when metrics are on, the metrics port
   ``metrics_port + i`` through the usual ``BAL_BROKER__OBSERVABILITY__METRICS_PORT`` override;
 * forwards SIGTERM/SIGINT to every child (each drains and exits on its own);
-* if a child exits with a non-zero status while the others run, stops the others (a half-staffed
-  group would silently fall behind) and
-* exits with the worst child status: the highest exit code, a child killed by signal S counting as
-  128+S. Children still alive 15 s after being told to stop are killed.
+* restarts a child that dies (a non-zero status, or killed by a signal) while the parent is not
+  stopping, after a backoff that starts at :data:`RESTART_BACKOFF_S` and doubles per quick failure
+  of that child up to :data:`MAX_BACKOFF_S` (reset once it has run :data:`STABLE_AFTER_S`); the
+  other children keep running, so one poison pill costs one worker a restart, not the whole group.
+  A child that exits 0 (a finished time range) is not restarted;
+* exits, once every child has exited, with the worst status of the children's last runs: the
+  highest exit code, a child killed by signal S counting as 128+S. Children still alive 15 s after
+  being told to stop are killed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds between being told to stop and killing children that have not exited.
 KILL_AFTER_S = 15.0
+#: First wait before restarting a dead child, its doubling cap, and how long a child must run before
+#: its next failure starts the backoff over (seconds).
+RESTART_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+STABLE_AFTER_S = 60.0
 #: Environment variable through which ``--workers`` tells a child its index and the worker count.
 WORKER_ENV = "BAL_BROKER_WORKER"
 
@@ -73,9 +82,43 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+class _Child:
+    """One worker slot: its process, when it started, and its restart backoff."""
+
+    def __init__(self, index: int, count: int, config_path: Any, cfg: ServiceConfig) -> None:
+        self.index, self.count, self.config_path, self.cfg = index, count, config_path, cfg
+        self.backoff = RESTART_BACKOFF_S
+        self.restart_at: float | None = None
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.started = time.monotonic()
+        return subprocess.Popen(child_command(self.config_path), env=child_env(self.index, self.count, self.cfg))
+
+    def supervise(self, now: float) -> None:
+        """Schedule a restart of a dead child, or restart it when its backoff has passed."""
+        code = self.proc.poll()
+        if code in (None, 0):
+            return
+        if self.restart_at is None:
+            if now - self.started >= STABLE_AFTER_S:
+                self.backoff = RESTART_BACKOFF_S
+            self.restart_at = now + self.backoff
+            log.error("worker %d (pid %d) exited with status %d; restarting it in %.0f s, the others keep running",
+                      self.index, self.proc.pid, exit_status(code), self.backoff,
+                      extra={"event": "worker_died", "worker": f"{self.index}/{self.count}",
+                             "status": exit_status(code)})
+            self.backoff = min(MAX_BACKOFF_S, self.backoff * 2)
+        elif now >= self.restart_at:
+            self.restart_at = None
+            self.proc = self._spawn()
+            log.info("worker %d restarted (pid %d)", self.index, self.proc.pid,
+                     extra={"event": "worker_restarted", "worker": f"{self.index}/{self.count}", "pid": self.proc.pid})
+
+
 def run_workers(config_path: str | os.PathLike[str] | None, count: int, cfg: ServiceConfig) -> int:
     """Run ``count`` workers until they all exit; returns the worst status (see module docstring)."""
-    procs: list[subprocess.Popen[bytes]] = []
+    children: list[_Child] = []
     stopping = False
     stop_time = 0.0
 
@@ -84,39 +127,38 @@ def run_workers(config_path: str | os.PathLike[str] | None, count: int, cfg: Ser
         if not stopping:
             stopping = True
             stop_time = time.monotonic()
-            log.info("received %s: stopping %d workers", signal.Signals(signum).name, len(procs))
-        for p in procs:
-            if p.poll() is None:
+            log.info("received %s: stopping %d workers", signal.Signals(signum).name, len(children))
+        for c in children:
+            if c.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
+                    c.proc.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i in range(count):
-            procs.append(subprocess.Popen(child_command(config_path), env=child_env(i, count, cfg)))
-        log.info("started %d workers (pids %s)", count, ", ".join(str(p.pid) for p in procs),
-                 extra={"event": "workers", "pids": [p.pid for p in procs]})
+            children.append(_Child(i, count, config_path, cfg))
+        log.info("started %d workers (pids %s)", count, ", ".join(str(c.proc.pid) for c in children),
+                 extra={"event": "workers", "pids": [c.proc.pid for c in children]})
         while True:
-            codes = [p.poll() for p in procs]
-            if all(c is not None for c in codes):
+            now = time.monotonic()
+            if not stopping:
+                for c in children:
+                    c.supervise(now)
+            if all(c.proc.poll() is not None and (stopping or c.restart_at is None) for c in children):
                 break
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed and not stopping:
-                log.error("a worker exited with status %d; stopping the others", exit_status(failed[0]))
-                forward(signal.SIGTERM, None)
-            if stopping and time.monotonic() - stop_time > KILL_AFTER_S:
-                for p in procs:
-                    if p.poll() is None:
-                        log.warning("worker %d ignored SIGTERM for %.0f s; killing it", p.pid, KILL_AFTER_S)
-                        p.kill()
+            if stopping and now - stop_time > KILL_AFTER_S:
+                for c in children:
+                    if c.proc.poll() is None:
+                        log.warning("worker %d ignored SIGTERM for %.0f s; killing it", c.proc.pid, KILL_AFTER_S)
+                        c.proc.kill()
             time.sleep(0.1)
     finally:
-        for p in procs:  # never leave orphans, whatever happened above
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        for c in children:  # never leave orphans, whatever happened above
+            if c.proc.poll() is None:
+                c.proc.kill()
+                c.proc.wait()
         for s, h in previous.items():
             signal.signal(s, h)
-    statuses = [exit_status(p.returncode) for p in procs]
+    statuses = [exit_status(c.proc.returncode) for c in children]
     log.info("workers exited with %s", statuses, extra={"event": "workers_done", "statuses": statuses})
     return max(statuses)
