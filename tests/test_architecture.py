@@ -32,7 +32,7 @@ TRAINING = ROOT / "training"
 
 #: First dotted component under ``broker_plugin`` -> layer.
 LAYERS: dict[str, int] = {
-    "": 0, "alert": 0, "errors": 0,
+    "": 0, "alert": 0, "errors": 0, "redact": 0,
     "config": 1, "args": 1,
     "photometry": 2,
     "decode": 3,

@@ -20,6 +20,7 @@ import numpy as np
 
 from broker_plugin.errors import ConfigError
 from broker_plugin.history.store import HistoryStore, StoreError
+from broker_plugin.redact import redact_url
 
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT_S = 10
@@ -121,12 +122,4 @@ def _first_line(exc: BaseException) -> str:
 
 def _redacted(url: str) -> str:
     """``url`` without its password (for log lines and errors)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    user = parts.username or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, parts.fragment))
+    return redact_url(url)

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 from broker_plugin.errors import BalBrokerError
+from broker_plugin.redact import redact_url
 
 
 class RegistryError(BalBrokerError):
@@ -30,6 +31,7 @@ class SchemaRegistryWriter:
 
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
         self.url = url.rstrip("/")
+        self.shown_url = redact_url(self.url)  # what messages (and so DLQ headers) may show
         self.timeout_s = timeout_s
         self._ids: dict[tuple[str, str], int] = {}
 
@@ -49,10 +51,10 @@ class SchemaRegistryWriter:
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace")
             hint = " (subject compatibility refuses this schema: set it to NONE or FORWARD)" if exc.code == 409 else ""
-            raise RegistryError(f"schema registry {self.url} refused the output schema for subject {subject}: "
+            raise RegistryError(f"schema registry {self.shown_url} refused the output schema for subject {subject}: "
                                 f"HTTP {exc.code} {detail}{hint}") from None
         except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"schema registry {self.url} unreachable or confused while registering "
+            raise RegistryError(f"schema registry {self.shown_url} unreachable or confused while registering "
                                 f"subject {subject}: {exc}") from None
         self._ids[key] = sid
         return sid
