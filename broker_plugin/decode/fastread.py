@@ -19,8 +19,11 @@ negative (fastavro's list indexing wraps it), a boolean byte other than 0/1, a v
 
 Security: generated code never contains text from the schema except through ``repr`` (field names
 become string literals of the dict display); named-type names, enum symbols and logical-type
-functions go into the namespace by reference. Schemas larger than :data:`MAX_NODES` are not
-compiled (fastavro reads them), so a hostile embedded schema cannot make compilation expensive.
+functions go into the namespace by reference. Schemas larger than :data:`MAX_NODES` (about twice
+the largest real alert schema), deeper than ``MAX_SCHEMA_DEPTH``, recursive or referring to
+undefined names are refused before any reader sees them (reason ``bad_schema``,
+:func:`broker_plugin.decode.schemas.check_structure`): a hostile embedded schema can neither make
+compilation expensive nor reach fastavro's C reader, which a recursive schema crashes.
 
 Written from the Avro 1.11 specification ("Binary Encoding"); no other project's code is used.
 """

@@ -14,9 +14,16 @@ import re
 import struct
 from typing import Any
 
-#: Schemas with more nodes than this are left to fastavro (ZTF 4.02 has ~400).
-MAX_NODES = 20_000
+#: Node budget of a writer schema, nodes counted as :meth:`_GenBase.collect` counts them (every type:
+#: primitive, reference, union, array, map, record; fields count through their types). One bound for
+#: the compiler and for :func:`broker_plugin.decode.schemas.check_bounded`, which refuses (reason
+#: ``bad_schema``) any schema above it, so no reader ever sees one. The largest real schema is Rubin
+#: alert_packet 4.0/5.0 with 2,225 nodes (3.0: 1,727; 6.0-11.1: 675-848; Fink-rewritten Rubin: 1,393;
+#: ZTF 1.8-4.02, rewritten included: 359-526): 4,500 is 2x that; 20,000 cost seconds to compile.
+MAX_NODES = 4_500
 _MAX_DEPTH = 64
+#: Deepest nesting of types accepted (references followed), in :meth:`_GenBase.collect`'s steps.
+MAX_SCHEMA_DEPTH = 4 * _MAX_DEPTH
 
 
 class _Unsupported(Exception):
@@ -96,8 +103,10 @@ class _GenBase:
     def collect(self, t: Any, namespace: str = "", depth: int = 0) -> None:
         """Register every named type (records, enums, fixed) by full and short name."""
         self.nodes += 1
-        if self.nodes > MAX_NODES or depth > 4 * _MAX_DEPTH:
-            raise _Unsupported("schema too large")
+        if self.nodes > MAX_NODES:
+            raise _Unsupported(f"schema has more than {MAX_NODES} nodes")
+        if depth > MAX_SCHEMA_DEPTH:
+            raise _Unsupported(f"schema nests types more than {MAX_SCHEMA_DEPTH} levels deep")
         if isinstance(t, list):
             for x in t:
                 self.collect(x, namespace, depth + 1)
@@ -145,3 +154,16 @@ class _GenBase:
         lines += [f"{ind}if {n} < 0 or p + {n} > len(b):", f"{ind}    raise _Bad('bad length')",
                   f"{ind}{out} = b[p:p + {n}]{'.decode()' if decode else ''}", f"{ind}p += {n}"]
         return lines
+
+
+def schema_size_problem(schema: Any) -> str | None:
+    """Why ``schema`` is over the node or depth budget (what :meth:`_GenBase.collect` refuses), or None.
+
+    The very walk the compiler does, so that the check and the compiler count alike. Malformed
+    schemas may raise the ordinary exceptions (TypeError, ...) a schema parse maps to ``bad_schema``.
+    """
+    try:
+        _GenBase().collect(schema)
+    except _Unsupported as exc:
+        return str(exc)
+    return None

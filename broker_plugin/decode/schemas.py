@@ -4,7 +4,8 @@ Parsing a writer schema costs far more than decoding one alert, so every schema 
 process and cached:
 
 * container (ZTF-style) schemas by the raw bytes of the container's metadata map, which embeds the
-  schema JSON and the codec (a bounded cache, so a stream of ever-different headers cannot grow it);
+  schema JSON and the codec (a bounded least-recently-used cache, so a stream of ever-different
+  headers cannot grow it, nor evict the stream's own schema);
 * Rubin schemas by Confluent schema id (``major*100 + minor``), loaded lazily from the schema folder
   that the ``lsst-alert-packet`` package ships (``schema/<M>/<m>/lsst.vM_m.alert.avsc``; fastavro's
   ``load_schema`` resolves the named sub-schemas beside it). The package is located without being
@@ -12,6 +13,10 @@ process and cached:
 * anything else by id from an optional Confluent-compatible schema registry
   (``GET {url}/schemas/ids/{id}`` -> ``{"schema": "..."}``), with failures remembered for a while so
   that a dead registry does not stall every message.
+
+Every schema, from whichever source, passes :func:`check_bounded` before any reader sees bytes
+written with it: a hostile one (recursive, naming undefined types, over the node budget) could
+otherwise crash the process inside fastavro's C reader, or cost seconds to compile.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,7 @@ from broker_plugin.errors import DecodeError
 
 from .avro import parse_metadata
 from .fastread import CompiledReader
+from .fastread_gen import MAX_SCHEMA_DEPTH, schema_size_problem
 
 #: Bound on the embedded-schema cache; real streams use a handful of schemas.
 MAX_CACHED_SCHEMAS = 64
@@ -72,16 +79,105 @@ def _version_of(schema: Any) -> str | None:
 
 
 _PRIMITIVE_MIN_BYTES = {"null": 0, "boolean": 1, "int": 1, "long": 1, "float": 4, "double": 8, "bytes": 1, "string": 1}
+_NAMED_KINDS = ("record", "error", "enum", "fixed")
+
+
+def _full_name(name: str, namespace: str) -> str:
+    """A named type's full name, resolved as fastavro resolves it (``schema_name``, references)."""
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def check_structure(definition: Any) -> None:
+    """Refuse writer schemas no reader may be handed: over the node budget, recursive, naming
+    undefined types, or nesting (references followed) deeper than :data:`MAX_SCHEMA_DEPTH`.
+
+    fastavro's C reader follows a recursive schema (a named type that contains itself, directly or
+    through other named types) as deep as the data says and overflows the C stack: the process dies
+    with SIGSEGV, with nothing committed or dead-lettered. Real alert schemas are never recursive.
+    The budget (:data:`~broker_plugin.decode.fastread_gen.MAX_NODES`) is the compiler's, counted by
+    the same walk. Works on the JSON definition and on fastavro's parsed form alike.
+    """
+    problem = schema_size_problem(definition)
+    if problem:
+        raise DecodeError(f"writer schema refused: {problem}", reason="bad_schema")
+    # per named type (None: the top level): the (depth, full name) of every named type it defines or
+    # references, and the deepest nesting of its own body
+    inner: dict[str | None, list[tuple[int, str]]] = {None: []}
+    own_depth: dict[str | None, int] = {None: 0}
+    refs: list[str] = []
+
+    def walk(t: Any, ns: str, owner: str | None, depth: int) -> None:
+        own_depth[owner] = max(own_depth[owner], depth)
+        if isinstance(t, list):
+            for branch in t:
+                walk(branch, ns, owner, depth + 1)
+        elif isinstance(t, str):
+            if t not in _PRIMITIVE_MIN_BYTES:
+                refs.append(_full_name(t, ns))
+                inner[owner].append((depth, refs[-1]))
+        elif isinstance(t, dict) and t.get("type") in _NAMED_KINDS:
+            full = _full_name(str(t.get("name", "")), str(t.get("namespace", ns) or ""))
+            inner[owner].append((depth, full))
+            inner.setdefault(full, [])
+            own_depth.setdefault(full, 0)
+            if t["type"] in ("record", "error") and isinstance(t.get("fields"), list):
+                inner_ns = full.rsplit(".", 1)[0] if "." in full else ""
+                for f in t["fields"]:
+                    walk(f.get("type") if isinstance(f, dict) else None, inner_ns, full, 1)
+        elif isinstance(t, dict):  # array, map, {"type": "long", "logicalType": ...}, {"type": "<name>"}
+            kind = t.get("type")
+            walk(t.get("items") if kind == "array" else t.get("values") if kind == "map" else kind,
+                 ns, owner, depth + 1)
+
+    walk(definition, "", None, 0)
+    undefined = next((r for r in refs if r not in inner), None)
+    if undefined is not None:
+        raise DecodeError(f"writer schema refers to the undefined type {undefined!r}", reason="bad_schema")
+    _check_acyclic(inner, own_depth)
+
+
+def _check_acyclic(inner: dict[str | None, list[tuple[int, str]]], own_depth: dict[str | None, int]) -> None:
+    """Refuse a cycle among the named types, and a nesting deeper than :data:`MAX_SCHEMA_DEPTH`.
+
+    Kahn's algorithm, iterative (a chain of references may be longer than Python may recurse): a
+    type is resolved once every type inside it is; what is never resolved lies on or above a cycle.
+    """
+    pending = {n: {c for _, c in kids} for n, kids in inner.items()}
+    owners: dict[str, list[str | None]] = {}
+    for n, kids in pending.items():
+        for c in kids:
+            owners.setdefault(c, []).append(n)
+    depth_of: dict[str | None, int] = {}
+    ready = [n for n, kids in pending.items() if not kids]
+    while ready:
+        n = ready.pop()
+        depth_of[n] = max([own_depth[n]] + [d + depth_of[c] for d, c in inner[n]])
+        for o in owners.get(n, ()) if n is not None else ():
+            pending[o].discard(n)
+            if not pending[o]:
+                ready.append(o)
+    if None not in depth_of:  # follow unresolved types from the top until one repeats: a cycle
+        path: list[str | None] = [None]
+        while path.count(path[-1]) < 2:
+            path.append(min(pending[path[-1]]))
+        cycle = [str(x) for x in path[path.index(path[-1]):]]
+        raise DecodeError(f"writer schema is recursive: named type {cycle[0]!r} contains itself "
+                          f"({' -> '.join(cycle)})", reason="bad_schema")
+    if depth_of[None] > MAX_SCHEMA_DEPTH:
+        raise DecodeError(f"writer schema nests types {depth_of[None]} levels deep (limit {MAX_SCHEMA_DEPTH})",
+                          reason="bad_schema")
 
 
 def check_bounded(definition: Any) -> None:
-    """Refuse writer schemas whose data could make the reader loop without consuming bytes.
+    """Refuse writer schemas whose data could make the reader loop without consuming bytes, and
+    (:func:`check_structure`, first) those a reader could not survive or that are over the budget.
 
     fastavro accepts a record without ``fields`` (a one-bit corruption of the embedded schema,
     ``"fields"`` -> ``"fielhs"``, produces one) and encodes it in zero bytes; an array of such items
     with a corrupt block count then grows a list until memory runs out. Every array item must take
     at least one byte, so that the data length bounds the work. Real alert schemas always do.
     """
+    check_structure(definition)
     named: dict[str, Any] = {}
 
     def min_bytes(t: Any, depth: int = 0) -> int:
@@ -138,15 +234,63 @@ def _parse(schema_json: bytes | str, what: str) -> Any:
         raise DecodeError(f"{what} cannot be parsed: {type(exc).__name__}: {exc}"[:300], reason="bad_schema") from exc
 
 
-_embedded: dict[bytes, WriterSchema] = {}
+#: Parsed container schemas by metadata bytes, least recently used first.
+_embedded: OrderedDict[bytes, WriterSchema | DecodeError] = OrderedDict()
+_embedded_stats = {"hits": 0, "misses": 0}
 _lock = threading.Lock()
 
 
+def embedded_cache_info() -> dict[str, int]:
+    """Hits, misses (= schema parses), current size and bound of the embedded-schema cache."""
+    with _lock:
+        return {**_embedded_stats, "size": len(_embedded), "max": MAX_CACHED_SCHEMAS}
+
+
+def _lru_hit(cache: dict[bytes, Any], key: bytes) -> Any:
+    """The cached entry, now the most recently used; None on a miss (call with the lock held).
+
+    A plain dict (tests swap one in) keeps insertion order too: re-inserting moves the key last."""
+    hit = cache.get(key)
+    if hit is not None:
+        if isinstance(cache, OrderedDict):
+            cache.move_to_end(key)
+        else:
+            cache[key] = cache.pop(key)
+    return hit
+
+
 def embedded_schema(meta_key: bytes) -> WriterSchema:
-    """The parsed schema of a container header (cached by its metadata bytes)."""
-    hit = _embedded.get(meta_key)
+    """The parsed schema of a container header (cached by its metadata bytes, least recently used
+    evicted)."""
+    with _lock:
+        hit = _lru_hit(_embedded, meta_key)
+        _embedded_stats["hits" if hit is not None else "misses"] += 1
+    if isinstance(hit, DecodeError):  # a header refused before: refused again without the parse
+        raise DecodeError(str(hit), reason=hit.reason)
     if hit is not None:
         return hit
+    try:
+        ws = _embedded_miss(meta_key)
+    except DecodeError as exc:
+        if exc.reason == "bad_schema":  # a hostile stream repeating one header costs one check
+            _remember(meta_key, exc)
+        raise
+    _remember(meta_key, ws)
+    return ws
+
+
+def _remember(meta_key: bytes, value: WriterSchema | DecodeError) -> None:
+    with _lock:
+        _embedded[meta_key] = value
+        while len(_embedded) > MAX_CACHED_SCHEMAS:
+            if isinstance(_embedded, OrderedDict):
+                _embedded.popitem(last=False)
+            else:
+                del _embedded[next(iter(_embedded))]
+
+
+def _embedded_miss(meta_key: bytes) -> WriterSchema:
+    """Parse and check the schema of a header the cache does not hold."""
     try:
         meta = parse_metadata(meta_key)
     except DecodeError as exc:  # read_container_header walked it already; this cannot really fail
@@ -156,13 +300,8 @@ def embedded_schema(meta_key: bytes) -> WriterSchema:
         raise DecodeError("container header has no avro.schema entry", reason="bad_schema")
     codec = meta.get("avro.codec", b"null").decode("ascii", "replace") or "null"
     definition, parsed = _parse(raw, "embedded writer schema")
-    ws = WriterSchema(parsed, codec, str(definition.get("name", "")) if isinstance(definition, dict) else "",
-                      _version_of(definition))
-    with _lock:
-        if len(_embedded) >= MAX_CACHED_SCHEMAS:
-            _embedded.clear()
-        _embedded[meta_key] = ws
-    return ws
+    return WriterSchema(parsed, codec, str(definition.get("name", "")) if isinstance(definition, dict) else "",
+                        _version_of(definition))
 
 
 # ------------------------------------------------------------------------------ Rubin, packaged
@@ -217,6 +356,7 @@ def packaged_lsst_schema(sid: int) -> WriterSchema | None:
         if path.is_file():
             try:
                 parsed = load_schema(str(path))
+                check_bounded(parsed)  # shipped files are trusted, but no reader sees an unchecked schema
             except _SCHEMA_PARSE_ERRORS as exc:
                 raise DecodeError(f"shipped schema {path.name} cannot be parsed: {exc}", reason="bad_schema") from exc
             ws = WriterSchema(parsed, "null", f"lsst.v{major}_{minor}.alert", f"{major}.{minor}")
