@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker_plugin.alert import Alert
+from broker_plugin.config import ProcessingConfig
 from broker_plugin.decode import default_decoder
 from broker_plugin.errors import DecodeError
 from broker_plugin.history import HistoryStage
 from broker_plugin.models.annotate import check_alert
+from broker_plugin.photometry.cutouts import cutout_limits
 
 #: Reason recorded for an unexpected exception (a bug), whatever the stage.
 INTERNAL_ERROR = "internal_error"
@@ -88,7 +90,7 @@ def describe(exc: BaseException) -> str:
 
 
 def process_batch(annotator: Any, payloads: Sequence[bytes], *, decode: Callable[[bytes], Alert] | None = None,
-                  history: HistoryStage | None = None) -> ProcessedBatch:
+                  history: HistoryStage | None = None, processing: ProcessingConfig | None = None) -> ProcessedBatch:
     """Decode and annotate ``payloads`` (one alert message each) with ``annotator``.
 
     ``decode`` defaults to the default decoder's batch path
@@ -101,6 +103,10 @@ def process_batch(annotator: Any, payloads: Sequence[bytes], *, decode: Callable
     (every alert then carries its merged light curve) and the batch's points written once after
     annotation; :class:`~broker_plugin.history.StoreError` propagates, with nothing written, so
     the caller can retry the whole batch (nothing of it has been produced or committed yet).
+
+    ``processing``: the stamp pixel cap and the batch's inflated-bytes budget
+    (``max_stamp_pixels``, ``batch_inflated_bytes``; None: their defaults), so the cutouts of one
+    batch never hold more memory than the budget whatever the messages claim.
     """
     out = ProcessedBatch()
     t0 = time.perf_counter()
@@ -131,7 +137,9 @@ def process_batch(annotator: Any, payloads: Sequence[bytes], *, decode: Callable
     pending = history.merge(alerts) if history is not None else None
     t1 = time.perf_counter()
     out.decode_s = t1 - t0
-    _annotate(annotator, alerts, indices, out)
+    p = processing or ProcessingConfig()
+    with cutout_limits(p.max_stamp_pixels, p.batch_inflated_bytes):
+        _annotate(annotator, alerts, indices, out)
     t2 = time.perf_counter()
     out.annotate_s = t2 - t1
     if history is not None and pending is not None:

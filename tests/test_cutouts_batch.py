@@ -192,7 +192,7 @@ def test_batch_equals_per_alert_on_synthetic_alerts(
 ) -> None:
     spy = _BulkSpy(monkeypatch)
     _check_batch(synthetic_cutouts)
-    assert spy.shapes >= {(63, 63), (31, 31)} and spy.done >= 0.9 * len(synthetic_cutouts)
+    assert spy.shapes >= {(SIZE, SIZE), (31, 31)} and spy.done >= 0.9 * len(synthetic_cutouts)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the near-float32-max case

@@ -227,6 +227,10 @@ def _check_bootstrap(value: str) -> None:
             raise ConfigError(f"kafka.bootstrap_servers: {part!r} is not HOST:PORT (a comma-separated list of them)")
 
 
+#: Inflated bytes a real alert's cutouts take (three 63x63 ZTF stamps: ~60 kB), for the budget check.
+INFLATED_BYTES_PER_ALERT = 65_536
+
+
 def _validate_limits(cfg: ServiceConfig) -> None:
     """Sizes, timeouts and budgets: positive (floats are finite already: the loader refuses nan/inf)."""
     k, p, o = cfg.kafka, cfg.processing, cfg.observability
@@ -241,6 +245,9 @@ def _validate_limits(cfg: ServiceConfig) -> None:
                               ("observability.no_assignment_timeout_s", o.no_assignment_timeout_s, 1.0)):
         if value < low:
             raise ConfigError(f"{where} must be at least {low:g}")
+    if p.batch_inflated_bytes < p.batch_size * INFLATED_BYTES_PER_ALERT:
+        raise ConfigError(f"processing.batch_inflated_bytes must be at least batch_size x {INFLATED_BYTES_PER_ALERT} "
+                          "(a real ZTF alert's three stamps inflate to ~60 kB): real alerts would lose their cutouts")
     if max(k.input_max_bytes, k.output_max_bytes, k.dlq_max_bytes) > 1_000_000_000:
         raise ConfigError("kafka.*_max_bytes must be at most 1000000000 (librdkafka's limit)")
 

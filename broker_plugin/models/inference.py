@@ -27,8 +27,10 @@ What each output field means, and when it is null (each rule adds a flag so a nu
     :func:`broker_plugin.models.scoring.combine` turns the head's probability and the BAL probability into
     ``candidate_score = head_prob * p_bal`` (``p_bal`` = ``bal_fusion_prob`` if known, else
     ``bal_lc_prob``). Null with a flag when it cannot be computed: ``no_cutouts`` (all three stamps
-    missing, undecodable or flat), ``no_bal_probability``, ``no_ranking_head``; per-stamp problems
-    add the cutout flags (``cutout_missing_<kind>``, ``cutout_bad_<kind>``, ``cutout_nan_<kind>``).
+    missing, undecodable or flat, or not used: ``cutouts_dropped_size`` for a stamp over the pixel
+    cap, ``cutouts_dropped_budget`` past the batch's inflated-bytes budget), ``no_bal_probability``,
+    ``no_ranking_head``; per-stamp problems add the cutout flags (``cutout_missing_<kind>``,
+    ``cutout_bad_<kind>``, ``cutout_nan_<kind>``).
     Without the scorer in the bundle: null and ``no_candidate_scorer``.
 ``is_candidate``
     With the scorer: ``candidate_score >= threshold`` (false when the score is null), the rule

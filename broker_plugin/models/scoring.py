@@ -103,7 +103,7 @@ import numpy as np
 
 from broker_plugin.alert import CUTOUT_KINDS, Alert
 from broker_plugin.decode import META_FIELDS
-from broker_plugin.photometry.cutouts import cutout_batch
+from broker_plugin.photometry.cutouts import FLAG_DROPPED_BUDGET, FLAG_DROPPED_SIZE, cutout_batch
 from broker_plugin.photometry.features import FEATURE_NAMES
 
 #: Input names of ``ranking_head.onnx``, in the graph's order, and its output name.
@@ -205,12 +205,14 @@ def cutouts_usable(cutout_flags: Sequence[Sequence[str]]) -> np.ndarray:
 
     ``cutout_flags`` are the per-alert flags of :func:`broker_plugin.photometry.cutouts.cutout_batch`: an alert
     is unusable when every kind is ``cutout_missing_<kind>`` or ``cutout_bad_<kind>``, or when the
-    images that are present are all flat (``cutout_flat``).
+    images that are present are all flat (``cutout_flat``), or when its cutouts were not used at all
+    (``cutouts_dropped_size``: a stamp over the pixel cap; ``cutouts_dropped_budget``: the batch's
+    inflated-bytes budget was spent).
     """
     out = np.ones(len(cutout_flags), dtype=bool)
     for i, flags in enumerate(cutout_flags):
         fs = set(flags)
-        if "cutout_flat" in fs or all(
+        if "cutout_flat" in fs or FLAG_DROPPED_SIZE in fs or FLAG_DROPPED_BUDGET in fs or all(
             f"cutout_missing_{k}" in fs or f"cutout_bad_{k}" in fs for k in CUTOUT_KINDS
         ):
             out[i] = False

@@ -8,7 +8,7 @@ channel, global vs per-image noise: see that module's docstring) live here, in o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -26,6 +26,25 @@ ASINH_SOFTENING: float = 1.0
 
 Norm = Literal["global", "per_image"]
 NORMS: tuple[str, ...] = ("global", "per_image")
+
+
+def crop_to(img: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """Centre-crop a decoded stamp to at most ``size`` x ``size``, as :func:`_place` would.
+
+    The kept window is exactly the one :func:`_place` reads (pixel ``H // 2`` stays at ``size // 2``
+    of the tensor), so tensors and flags built from the crop equal those built from the full stamp
+    bit for bit. Called right after decoding: the crop is a copy, so the full-size array can be
+    freed at once instead of living until the batch's tensors are built.
+    """
+    if img.ndim != 2:
+        return img
+    h, w = img.shape
+    if h <= size and w <= size:
+        return img
+    y0 = h // 2 - size // 2 if h > size else 0
+    x0 = w // 2 - size // 2 if w > size else 0
+    return img[y0 : y0 + min(h, size), x0 : x0 + min(w, size)].copy()
+
 
 
 def _place(img: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -135,3 +154,68 @@ def stack_stamps(
         tensor[c] = ch
     tensor[n_img] = invalid * np.float32(1.0 / n_img)
     return tensor, flags
+
+
+
+def _stack_global_group(
+    images: Sequence[Sequence[np.ndarray]], rows: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """:func:`stack_stamps` (``norm="global"``) for many alerts whose three images share one shape.
+
+    Writes ``out[rows[j]]`` for every alert it can do bit-identically in bulk and returns the
+    positions ``j`` it left to the per-alert path: a non-finite pixel in the kept region (masking
+    and the ``cutout_nan_*`` flag), an image whose quartiles coincide (the ``np.std`` fallback), or
+    a noise scale whose float32 reciprocal is not finite. For the others every step is the per-alert
+    arithmetic on the same values in the same dtypes: the quartiles are exact order statistics of
+    the crop (taken from a sort, the sign of a zero median from the per-alert partition itself);
+    sigma is the float32 quartile difference divided in float64; the scale is the middle of the
+    three sigmas; the stretch is float32 ``(pixel - float32(bg)) * float32(1 / scale)`` through
+    ``arcsinh``, an elementwise ufunc given contiguous arrays as in the per-alert path. Such alerts
+    get no flags. Memory: one float32 copy of the crops (~6 MB for 500 ZTF alerts) and temporaries
+    of the same size.
+    """
+    size = out.shape[-1]
+    n_img = len(CUTOUT_KINDS)
+    h, w = images[0][0].shape
+    oy, ox = size // 2 - h // 2, size // 2 - w // 2
+    y0, y1 = max(0, -oy), min(h, size - oy)
+    x0, x1 = max(0, -ox), min(w, size - ox)
+    g = len(images)
+    if y1 <= y0 or x1 <= x0:
+        return np.arange(g)
+    crop = np.empty((g, n_img, y1 - y0, x1 - x0), dtype=np.float32)
+    for j, imgs in enumerate(images):
+        for c, img in enumerate(imgs):
+            crop[j, c] = img[y0:y1, x0:x1]
+    m = crop.shape[2] * crop.shape[3]
+    flat = crop.reshape(g, n_img, m)  # a view: the values in the order placed[valid] gives them
+    k25, k50, k75 = (m - 1) // 4, (m - 1) // 2, (3 * (m - 1)) // 4
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # declined rows only
+        # Sorting each row (numpy's SIMD sort) gives the same order statistics as the per-alert
+        # np.partition, ~3x faster; it may differ only in which zero, +0.0 or -0.0, lands on a
+        # quartile. Of the three, only the median's sign can reach the tensor (pixel - bg with a
+        # -0.0 pixel), so a zero median is selected again exactly as the per-alert path does.
+        srt = np.sort(flat, axis=-1)
+        bg = srt[:, :, k50].copy()  # float32, as np.float32(float(part[k50]))
+        sigma = (srt[:, :, k75] - srt[:, :, k25]).astype(np.float64) / 1.349
+        del srt
+        for j, c in zip(*np.nonzero(bg == 0), strict=True):
+            bg[j, c] = np.partition(flat[j, c], (k25, k50, k75))[k50]
+        scale = np.sort(sigma, axis=1)[:, n_img // 2]  # median of three, all > 0 below
+        factor = (1.0 / (ASINH_SOFTENING * scale)).astype(np.float32)
+    ok = np.isfinite(flat).all(axis=(1, 2)) & (sigma > 0).all(axis=1) & np.isfinite(factor)
+    sel = np.flatnonzero(ok)
+    if sel.size:
+        if sel.size < g:
+            crop, bg, factor = crop[sel], bg[sel], factor[sel]
+        crop -= bg[:, :, None, None]
+        crop *= factor[:, None, None, None]
+        out[rows[sel], :n_img, y0 + oy : y1 + oy, x0 + ox : x1 + ox] = np.arcsinh(crop)
+        # The invalid channel, with the per-alert path's own float32 operations.
+        valid = np.zeros((size, size), dtype=bool)
+        valid[y0 + oy : y1 + oy, x0 + ox : x1 + ox] = True
+        invalid = np.full((size, size), float(n_img), dtype=np.float32)
+        for _ in range(n_img):
+            invalid -= valid
+        out[rows[sel], n_img] = invalid * np.float32(1.0 / n_img)
+    return np.flatnonzero(~ok)

@@ -46,9 +46,21 @@ Decisions, and why:
   norm, three decoded stamps of one shape, no NaN in the kept region, non-zero noise) for all such
   alerts at once with a handful of numpy calls; the rest go through :func:`stack_stamps`. Per-alert
   Python and numpy call overhead cost as much as the arithmetic on 32x32 crops. Every step repeats
-  the per-alert arithmetic in the same dtypes (see :func:`_stack_global_group`), and tests check
-  that the tensors and flags equal :func:`cutout_tensor`'s bit for bit on real, synthetic and
-  hand-made edge-case alerts: the encoder sees the same numbers whichever path built them.
+  the per-alert arithmetic in the same dtypes (see
+  :func:`~broker_plugin.photometry.cutout_stack._stack_global_group`), and tests check that the
+  tensors and flags equal :func:`cutout_tensor`'s bit for bit on real, synthetic and hand-made
+  edge-case alerts: the encoder sees the same numbers whichever path built them.
+
+* **Bounded memory on hostile stamps.** On the cutout path (:func:`cutout_batch`,
+  :func:`cutout_tensor`) a stamp may hold at most ``max_stamp_pixels`` pixels (default 128x128 =
+  16,384, 4x a 63x63 ZTF stamp; Rubin's are ~30 to 60 px): gzip is never inflated past
+  :func:`~broker_plugin.photometry.stamp_fits.inflate_bound` (177 kB), a header declaring more is
+  refused, and the alert is annotated without cutouts, flag ``cutouts_dropped_size``. Each decoded
+  stamp is cropped to the tensor size at once (the inflated buffer and the full-size array are freed
+  per stamp), and a batch may inflate ``batch_inflated_bytes`` in all (an
+  :class:`~broker_plugin.photometry.stamp_fits.InflateBudget`): past it the batch's remaining alerts
+  get no cutouts and flag ``cutouts_dropped_budget``. Settings from
+  :func:`~broker_plugin.photometry.stamp_fits.cutout_limits` (the pipeline, from ``cfg.processing``).
 
 Layout: this module decodes stamps (gzip inflate, the memoised fast header path) and builds batches;
 the FITS format itself (cards, astropy fallback, :func:`encode_stamp`) is in
@@ -73,33 +85,53 @@ from broker_plugin.photometry.cutout_stack import (
     NORMS,
     SIZE,
     Norm,
+    _stack_global_group,
+    crop_to,
     stack_stamps,
 )
 from broker_plugin.photometry.stamp_fits import (
     _BLOCK,
+    CutoutBudgetError,
     CutoutError,
+    CutoutLimits,
+    CutoutSizeError,
+    InflateBudget,
     _decode_astropy,
     _Layout,
     _parse_layout,
+    active_limits,
+    cutout_limits,
     encode_stamp,
+    inflate_bound,
 )
 
 __all__ = [
     "ASINH_SOFTENING",
     "CHANNELS",
     "CHANNEL_NAMES",
+    "FLAG_DROPPED_BUDGET",
+    "FLAG_DROPPED_SIZE",
     "HEADER_CACHE_MAX",
     "MAX_STAMP_BYTES",
     "NORMS",
     "SIZE",
+    "CutoutBudgetError",
     "CutoutError",
+    "CutoutLimits",
+    "CutoutSizeError",
+    "InflateBudget",
     "Norm",
     "cutout_batch",
+    "cutout_limits",
     "cutout_tensor",
     "decode_stamp",
     "encode_stamp",
     "stack_stamps",
 ]
+
+#: Alert flags: cutouts not used because a stamp is over the pixel cap / the batch budget is spent.
+FLAG_DROPPED_SIZE = "cutouts_dropped_size"
+FLAG_DROPPED_BUDGET = "cutouts_dropped_budget"
 
 try:  # ISA-L's inflate is ~1.6x faster than zlib's on stamps; optional, zlib is the reference
     from isal import isal_zlib as _isal_zlib
@@ -126,8 +158,8 @@ HEADER_CACHE_MAX: int = 512
 # --------------------------------------------------------------------------------------------------
 
 
-def _gunzip(data: bytes) -> bytes:
-    """Decompress gzip with a size cap, so a hostile stamp cannot exhaust memory.
+def _gunzip(data: bytes, cap: int = MAX_STAMP_BYTES) -> bytes:
+    """Decompress gzip with a size cap (``cap`` > 0 bytes), so a hostile stamp cannot exhaust memory.
 
     The accelerated inflater (ISA-L) is tried first and its output is used only when it read one
     complete member below the cap; anything else (corrupt, truncated, too big, optional header
@@ -140,24 +172,24 @@ def _gunzip(data: bytes) -> bytes:
     if fast is not None and data[:4] == _PLAIN_GZIP_START:
         try:
             d = fast.decompressobj(wbits=31)
-            out = d.decompress(data, MAX_STAMP_BYTES)
+            out = d.decompress(data, cap)
             # Exactly at the cap is left to zlib too: the one length where "complete" and "cut
             # short by max_length" could be told apart differently.
-            if d.eof and not d.unconsumed_tail and len(out) < MAX_STAMP_BYTES:
+            if d.eof and not d.unconsumed_tail and len(out) < cap:
                 return out
         except Exception:  # any failure of the accelerator: let zlib decide and word the error
             pass
-    return _gunzip_zlib(data)
+    return _gunzip_zlib(data, cap)
 
 
 
-def _gunzip_zlib(data: bytes) -> bytes:
-    """The reference inflater: zlib, capped at MAX_STAMP_BYTES, truncation is an error."""
+def _gunzip_zlib(data: bytes, cap: int = MAX_STAMP_BYTES) -> bytes:
+    """The reference inflater: zlib, capped at ``cap`` bytes (CutoutSizeError past it), truncation is an error."""
     try:
         d = zlib.decompressobj(wbits=31)
-        out = d.decompress(data, MAX_STAMP_BYTES)
+        out = d.decompress(data, cap)
         if d.unconsumed_tail:
-            raise CutoutError(f"gzipped stamp decompresses to more than {MAX_STAMP_BYTES} bytes")
+            raise CutoutSizeError(f"gzipped stamp decompresses to more than {cap} bytes")
         if not d.eof:
             raise CutoutError("gzipped stamp is truncated")
     except zlib.error as exc:
@@ -219,12 +251,47 @@ def _decode_fast(buf: bytes) -> np.ndarray | None:
 
 
 
-def decode_stamp(data: bytes, *, fast: bool = True) -> np.ndarray:
+def _inflate(buf: bytes, max_pixels: int | None, budget: InflateBudget | None) -> bytes:
+    """:func:`_gunzip` within the pixel cap's :func:`inflate_bound` and what ``budget`` has left.
+
+    Over the pixel bound: :class:`CutoutSizeError`; over the budget (when it is the tighter bound):
+    :class:`CutoutBudgetError`. The bytes inflated (the bound, for a refused bomb) are charged.
+    """
+    cap = MAX_STAMP_BYTES if max_pixels is None else min(MAX_STAMP_BYTES, inflate_bound(max_pixels))
+    if budget is None or budget.remaining >= cap:
+        try:
+            out = _gunzip(buf, cap)
+        except CutoutSizeError:
+            if budget is not None:
+                budget.charge(cap)
+            raise
+    else:
+        left = budget.remaining
+        if left <= 0:  # zlib reads max_length 0 as "no limit": never pass it
+            raise CutoutBudgetError("the batch's inflated-bytes budget is spent")
+        try:
+            out = _gunzip(buf, left)
+        except CutoutSizeError:
+            budget.charge(left)
+            raise CutoutBudgetError(f"stamp inflates past the batch's remaining budget ({left} bytes)") from None
+    if budget is not None:
+        budget.charge(len(out))
+    return out
+
+
+
+def decode_stamp(data: bytes, *, fast: bool = True, max_pixels: int | None = None,
+                 budget: InflateBudget | None = None) -> np.ndarray:
     """Decode one stamp (gzipped or plain FITS) to a 2-D float32 array, NaN where undefined.
 
     ZTF stamps are gzipped FITS, Rubin cutouts plain FITS (gzip is detected by its magic bytes,
     not assumed per survey). ``fast=False`` forces the astropy reader, for tests and debugging.
     Raises :class:`CutoutError` for anything that is not a readable 2-D image.
+
+    ``max_pixels`` (None: only the :data:`MAX_STAMP_BYTES` guard) caps the image: gzip is not
+    inflated past :func:`inflate_bound`, and a header declaring more pixels is refused before any
+    pixel is read (:class:`CutoutSizeError`). ``budget``: gzip inflates within what it has left
+    (:class:`CutoutBudgetError` past it) and is charged the inflated bytes.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CutoutError(f"stamp must be bytes, not {type(data).__name__}")
@@ -232,14 +299,18 @@ def decode_stamp(data: bytes, *, fast: bool = True) -> np.ndarray:
     if not buf:
         raise CutoutError("stamp is empty")
     if buf[:2] == _GZIP_MAGIC:
-        buf = _gunzip(buf)
+        buf = _inflate(buf, max_pixels, budget)
     if len(buf) < _BLOCK or not buf.startswith(b"SIMPLE"):
         raise CutoutError(f"stamp is not FITS ({len(buf)} bytes, starts {buf[:8]!r})")
+    if max_pixels is not None:
+        layout = _header_layout(buf)
+        if layout is not None and layout.n1 * layout.n2 > max_pixels:
+            raise CutoutSizeError(f"stamp declares {layout.n2}x{layout.n1} pixels, more than the cap of {max_pixels}")
     if fast:
         arr = _decode_fast(buf)
         if arr is not None:
             return arr
-    return _decode_astropy(buf)
+    return _decode_astropy(buf, max_pixels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,8 +318,14 @@ def decode_stamp(data: bytes, *, fast: bool = True) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-def _decode_stamps(cutouts: Mapping[str, bytes | None]) -> tuple[dict[str, np.ndarray | None], list[str]]:
-    """An alert's decoded images (None where missing or undecodable) and the flags saying why."""
+def _decode_stamps(cutouts: Mapping[str, bytes | None], size: int, max_pixels: int, budget: InflateBudget
+                   ) -> tuple[dict[str, np.ndarray | None], list[str]]:
+    """An alert's decoded images, each cropped to ``size`` (None where missing or undecodable), and
+    the flags saying why. A stamp over the pixel cap, or a spent budget, drops all three images:
+    the only flag is then ``cutouts_dropped_size`` / ``cutouts_dropped_budget``."""
+    none: dict[str, np.ndarray | None] = dict.fromkeys(CUTOUT_KINDS)
+    if budget.spent:
+        return none, [FLAG_DROPPED_BUDGET]
     images: dict[str, np.ndarray | None] = {}
     flags: list[str] = []
     for kind in CUTOUT_KINDS:
@@ -258,7 +335,12 @@ def _decode_stamps(cutouts: Mapping[str, bytes | None]) -> tuple[dict[str, np.nd
             flags.append(f"cutout_missing_{kind}")
             continue
         try:
-            images[kind] = decode_stamp(data)
+            images[kind] = crop_to(decode_stamp(data, max_pixels=max_pixels, budget=budget), size)
+        except CutoutSizeError:
+            return none, [FLAG_DROPPED_SIZE]
+        except CutoutBudgetError:
+            budget.spent = True
+            return none, [FLAG_DROPPED_BUDGET]
         except CutoutError:
             images[kind] = None
             flags.append(f"cutout_bad_{kind}")
@@ -266,88 +348,34 @@ def _decode_stamps(cutouts: Mapping[str, bytes | None]) -> tuple[dict[str, np.nd
 
 
 
+def _limits(max_pixels: int | None, budget: InflateBudget | None) -> tuple[int, InflateBudget]:
+    """Explicit limits, else those of the active :func:`cutout_limits` block (a fresh budget)."""
+    active = active_limits()
+    return (active.max_pixels if max_pixels is None else max_pixels), (budget or active.budget())
+
+
+
 def cutout_tensor(
-    cutouts: Mapping[str, bytes | None], size: int = SIZE, norm: Norm = "global"
+    cutouts: Mapping[str, bytes | None], size: int = SIZE, norm: Norm = "global", *,
+    max_pixels: int | None = None, budget: InflateBudget | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Decode an alert's stamps and build its ``(CHANNELS, size, size)`` float32 tensor.
 
     ``cutouts`` is :attr:`Alert.cutouts <broker_plugin.alert.Alert.cutouts>` (science, template,
     difference -> raw stamp bytes or None). Never raises for bad data: a missing stamp gives
-    ``cutout_missing_<kind>``, an undecodable one ``cutout_bad_<kind>``, and a zero channel.
+    ``cutout_missing_<kind>``, an undecodable one ``cutout_bad_<kind>``, and a zero channel; a stamp
+    over ``max_pixels`` or a spent ``budget`` (defaults: :func:`cutout_limits`) gives a zero tensor
+    and ``cutouts_dropped_size`` / ``cutouts_dropped_budget``.
     """
-    images, flags = _decode_stamps(cutouts)
+    images, flags = _decode_stamps(cutouts, size, *_limits(max_pixels, budget))
     tensor, more = stack_stamps(images, size=size, norm=norm)
     return tensor, flags + more
 
 
 
-def _stack_global_group(
-    images: Sequence[Sequence[np.ndarray]], rows: np.ndarray, out: np.ndarray
-) -> np.ndarray:
-    """:func:`stack_stamps` (``norm="global"``) for many alerts whose three images share one shape.
-
-    Writes ``out[rows[j]]`` for every alert it can do bit-identically in bulk and returns the
-    positions ``j`` it left to the per-alert path: a non-finite pixel in the kept region (masking
-    and the ``cutout_nan_*`` flag), an image whose quartiles coincide (the ``np.std`` fallback), or
-    a noise scale whose float32 reciprocal is not finite. For the others every step is the per-alert
-    arithmetic on the same values in the same dtypes: the quartiles are exact order statistics of
-    the crop (taken from a sort, the sign of a zero median from the per-alert partition itself);
-    sigma is the float32 quartile difference divided in float64; the scale is the middle of the
-    three sigmas; the stretch is float32 ``(pixel - float32(bg)) * float32(1 / scale)`` through
-    ``arcsinh``, an elementwise ufunc given contiguous arrays as in the per-alert path. Such alerts
-    get no flags. Memory: one float32 copy of the crops (~6 MB for 500 ZTF alerts) and temporaries
-    of the same size.
-    """
-    size = out.shape[-1]
-    n_img = len(CUTOUT_KINDS)
-    h, w = images[0][0].shape
-    oy, ox = size // 2 - h // 2, size // 2 - w // 2
-    y0, y1 = max(0, -oy), min(h, size - oy)
-    x0, x1 = max(0, -ox), min(w, size - ox)
-    g = len(images)
-    if y1 <= y0 or x1 <= x0:
-        return np.arange(g)
-    crop = np.empty((g, n_img, y1 - y0, x1 - x0), dtype=np.float32)
-    for j, imgs in enumerate(images):
-        for c, img in enumerate(imgs):
-            crop[j, c] = img[y0:y1, x0:x1]
-    m = crop.shape[2] * crop.shape[3]
-    flat = crop.reshape(g, n_img, m)  # a view: the values in the order placed[valid] gives them
-    k25, k50, k75 = (m - 1) // 4, (m - 1) // 2, (3 * (m - 1)) // 4
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # declined rows only
-        # Sorting each row (numpy's SIMD sort) gives the same order statistics as the per-alert
-        # np.partition, ~3x faster; it may differ only in which zero, +0.0 or -0.0, lands on a
-        # quartile. Of the three, only the median's sign can reach the tensor (pixel - bg with a
-        # -0.0 pixel), so a zero median is selected again exactly as the per-alert path does.
-        srt = np.sort(flat, axis=-1)
-        bg = srt[:, :, k50].copy()  # float32, as np.float32(float(part[k50]))
-        sigma = (srt[:, :, k75] - srt[:, :, k25]).astype(np.float64) / 1.349
-        del srt
-        for j, c in zip(*np.nonzero(bg == 0), strict=True):
-            bg[j, c] = np.partition(flat[j, c], (k25, k50, k75))[k50]
-        scale = np.sort(sigma, axis=1)[:, n_img // 2]  # median of three, all > 0 below
-        factor = (1.0 / (ASINH_SOFTENING * scale)).astype(np.float32)
-    ok = np.isfinite(flat).all(axis=(1, 2)) & (sigma > 0).all(axis=1) & np.isfinite(factor)
-    sel = np.flatnonzero(ok)
-    if sel.size:
-        if sel.size < g:
-            crop, bg, factor = crop[sel], bg[sel], factor[sel]
-        crop -= bg[:, :, None, None]
-        crop *= factor[:, None, None, None]
-        out[rows[sel], :n_img, y0 + oy : y1 + oy, x0 + ox : x1 + ox] = np.arcsinh(crop)
-        # The invalid channel, with the per-alert path's own float32 operations.
-        valid = np.zeros((size, size), dtype=bool)
-        valid[y0 + oy : y1 + oy, x0 + ox : x1 + ox] = True
-        invalid = np.full((size, size), float(n_img), dtype=np.float32)
-        for _ in range(n_img):
-            invalid -= valid
-        out[rows[sel], n_img] = invalid * np.float32(1.0 / n_img)
-    return np.flatnonzero(~ok)
-
-
-
 def cutout_batch(
-    cutouts_list: Sequence[Mapping[str, bytes | None]], size: int = SIZE, norm: Norm = "global"
+    cutouts_list: Sequence[Mapping[str, bytes | None]], size: int = SIZE, norm: Norm = "global", *,
+    max_pixels: int | None = None, budget: InflateBudget | None = None,
 ) -> tuple[np.ndarray, list[list[str]]]:
     """Tensors of many alerts, ``(n, CHANNELS, size, size)``, and each alert's flags.
 
@@ -356,12 +384,19 @@ def cutout_batch(
     alerts whose three stamps all decode to one shape are normalised together by
     :func:`_stack_global_group`, grouped by shape; every other alert, and any the group step
     declines (NaN pixels, flat images), goes through :func:`stack_stamps` as before.
+
+    Memory: stamps are decoded one at a time and cropped to ``size`` at once, so the batch holds
+    ``3 * size * size`` floats per alert, whatever the stamps inflate to. ``max_pixels`` and
+    ``budget`` default to the active :func:`cutout_limits` (one fresh budget per call, i.e. per
+    batch); alerts past them get a zero tensor and ``cutouts_dropped_size`` /
+    ``cutouts_dropped_budget`` (see :func:`cutout_tensor`).
     """
     n = len(cutouts_list)
     if n and norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     out = np.zeros((n, CHANNELS, size, size), dtype=np.float32)
-    decoded = [_decode_stamps(cutouts) for cutouts in cutouts_list]
+    max_px, bud = _limits(max_pixels, budget)
+    decoded = [_decode_stamps(cutouts, size, max_px, bud) for cutouts in cutouts_list]
     all_flags = [flags for _, flags in decoded]
     groups: dict[tuple[int, ...], list[int]] = {}
     rest: list[int] = []

@@ -5,7 +5,9 @@ encoder's tensor; the format details (80-character cards, 2880-byte blocks, whic
 ourselves and which we leave to astropy, see the "numpy FITS reader" point of its docstring) are a
 separate concern with no state, kept here. The memoised header cache and the gzip inflaters stay in
 :mod:`~broker_plugin.photometry.cutouts` with :func:`~broker_plugin.photometry.cutouts.decode_stamp`,
-the entry point they serve.
+the entry point they serve. The limits of the cutout path (the pixel cap, the per-batch budget of
+inflated bytes, :func:`cutout_limits`) are here too: they are facts about a stamp's bytes, not
+about tensors.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from __future__ import annotations
 import gzip
 import io
 import warnings
-from typing import NamedTuple
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from broker_plugin.config.sections import ProcessingConfig
 from broker_plugin.errors import BalBrokerError
 
 _BLOCK = 2880
@@ -30,6 +37,111 @@ class CutoutError(BalBrokerError):
     """A stamp's bytes are not a readable 2-D FITS image (not gzip/FITS, truncated, no image)."""
 
     reason = "bad_cutout"
+
+
+class CutoutSizeError(CutoutError):
+    """A stamp over the pixel cap: its header declares more pixels than allowed, or it inflates past
+    :func:`inflate_bound` (a decompression bomb). The alert gets flag ``cutouts_dropped_size``."""
+
+
+class CutoutBudgetError(CutoutError):
+    """The batch's budget of inflated bytes is spent (flag ``cutouts_dropped_budget``)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Limits of the cutout path (ProcessingConfig.max_stamp_pixels / batch_inflated_bytes)
+# --------------------------------------------------------------------------------------------------
+
+#: Pixel cap of a stamp on the cutout path: 16,384 = 128x128 (ProcessingConfig's default), 4x the
+#: pixels of a 63x63 ZTF stamp; the public Rubin cutouts are 30x30 (Rubin stamps run ~30 to 60 px).
+DEFAULT_MAX_STAMP_PIXELS: int = ProcessingConfig.max_stamp_pixels
+#: Inflated bytes one batch may produce (64 MiB, ProcessingConfig's default): a ZTF alert inflates
+#: to ~60 kB (three ~20 kB stamps), so ~1,100 real ZTF alerts fit; plain (Rubin) FITS is not counted,
+#: it is the message's own bytes, already bounded by the message size.
+DEFAULT_BATCH_INFLATED_BYTES: int = ProcessingConfig.batch_inflated_bytes
+#: Header bytes allowed on top of the pixels when bounding an inflate (16 blocks, 576 cards; real
+#: ZTF stamps have one block).
+HEADER_ALLOWANCE: int = 16 * _BLOCK
+
+
+def inflate_bound(max_pixels: int) -> int:
+    """Most bytes a gzipped stamp may inflate to: the header allowance plus ``max_pixels`` pixels of
+    BITPIX -64 (8 bytes), the widest FITS pixel. A 128x128 cap gives 177,152 bytes; a 63x63 ZTF
+    stamp inflates to 20,160."""
+    return HEADER_ALLOWANCE + 8 * max_pixels
+
+
+@dataclass
+class InflateBudget:
+    """Inflated bytes one batch may still produce. :func:`~broker_plugin.photometry.cutouts.decode_stamp`
+    never inflates past :attr:`remaining`; once an alert hits the limit the budget is :attr:`spent`
+    and the batch's remaining alerts are annotated without cutouts (never dropped)."""
+
+    limit_bytes: int
+    used_bytes: int = 0
+    spent: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit_bytes - self.used_bytes)
+
+    def charge(self, n: int) -> None:
+        self.used_bytes += n
+
+
+@dataclass(frozen=True)
+class CutoutLimits:
+    """The pixel cap and the per-batch budget size; :meth:`budget` opens a fresh budget."""
+
+    max_pixels: int = DEFAULT_MAX_STAMP_PIXELS
+    batch_inflated_bytes: int = DEFAULT_BATCH_INFLATED_BYTES
+
+    def budget(self) -> InflateBudget:
+        return InflateBudget(self.batch_inflated_bytes)
+
+
+_LIMITS: ContextVar[CutoutLimits | None] = ContextVar("cutout_limits", default=None)
+
+
+_DEFAULT_LIMITS = CutoutLimits()
+
+
+@contextmanager
+def cutout_limits(max_stamp_pixels: int | None = None, batch_inflated_bytes: int | None = None
+                  ) -> Iterator[CutoutLimits]:
+    """Limits for the cutout batches built inside the ``with`` block (``None``: the config default).
+
+    The pipeline wraps annotation in it with ``cfg.processing``'s two settings; every
+    :func:`~broker_plugin.photometry.cutouts.cutout_batch` call inside (one per annotated batch)
+    then opens its own :class:`InflateBudget` of that size, unless one is passed explicitly.
+    """
+    limits = CutoutLimits(DEFAULT_MAX_STAMP_PIXELS if max_stamp_pixels is None else int(max_stamp_pixels),
+                          DEFAULT_BATCH_INFLATED_BYTES if batch_inflated_bytes is None else int(batch_inflated_bytes))
+    token = _LIMITS.set(limits)
+    try:
+        yield limits
+    finally:
+        _LIMITS.reset(token)
+
+
+def active_limits() -> CutoutLimits:
+    """The limits of the innermost :func:`cutout_limits` block, else the config defaults."""
+    return _LIMITS.get() or _DEFAULT_LIMITS
+
+
+def check_hdu_pixels(header: Any, max_pixels: int) -> None:
+    """Raise :class:`CutoutSizeError` when a header declares more than ``max_pixels`` image pixels
+    (``NAXISn``, or ``ZNAXISn`` for a tile-compressed image), before any data is read."""
+    for prefix in ("NAXIS", "ZNAXIS"):
+        n = header.get(prefix)
+        if not isinstance(n, int) or n <= 0:
+            continue
+        count = 1
+        for i in range(1, min(n, 999) + 1):
+            d = header.get(f"{prefix}{i}")
+            count *= d if isinstance(d, int) and d > 0 else 1
+        if count > max_pixels:
+            raise CutoutSizeError(f"stamp declares {count} pixels, more than the cap of {max_pixels}")
 
 
 
@@ -112,8 +224,12 @@ def _parse_layout(buf: bytes) -> tuple[_Layout | None, bool]:
 
 
 
-def _decode_astropy(buf: bytes) -> np.ndarray:
-    """The general reader: first HDU holding a 2-D image (compressed and extension images too)."""
+def _decode_astropy(buf: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """The general reader: first HDU holding a 2-D image (compressed and extension images too).
+
+    With ``max_pixels``, each image HDU's header is checked (:func:`check_hdu_pixels`) before its
+    data is read, so a tile-compressed bomb is refused before astropy inflates it; tables are
+    skipped unread (their data was never an image)."""
     from astropy.io import fits  # imported lazily: the fast path never needs it
 
     try:
@@ -121,6 +237,10 @@ def _decode_astropy(buf: bytes) -> np.ndarray:
             warnings.simplefilter("ignore")  # ZTF's free-format SIMPLE card triggers a VerifyWarning
             with fits.open(io.BytesIO(buf), memmap=False, lazy_load_hdus=True) as hdul:
                 for hdu in hdul:
+                    if max_pixels is not None:
+                        if hdu.header.get("XTENSION") in ("BINTABLE", "TABLE") and not hdu.header.get("ZIMAGE"):
+                            continue
+                        check_hdu_pixels(hdu.header, max_pixels)
                     data = hdu.data
                     if data is None or not hasattr(data, "ndim"):
                         continue
