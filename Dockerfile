@@ -19,8 +19,9 @@ RUN pip install --no-cache-dir --no-index --find-links /wheels "bal-broker[postg
     && useradd --system --uid 10001 --no-create-home bal
 USER 10001
 EXPOSE 9108
-# Healthy = the Prometheus endpoint answers (the service starts it once the bundle is verified).
+# Healthy = /healthz answers 200: the processing loop's heartbeat is recent and no fatal stall holds
+# (unacknowledged outputs, cluster id changed); urlopen raises on 503 (broker_plugin/stream/stall.py).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9108/metrics', timeout=4)" || exit 1
+    CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=4)" || exit 1
 ENTRYPOINT ["bal-broker"]
 CMD ["run", "--config", "/etc/bal-broker/config.yaml"]

@@ -27,7 +27,7 @@ class KafkaCallbacks:
     """``on_assign``/``on_revoke``/``on_lost`` and ``error_cb`` of the service's clients.
 
     Expects of the service: ``producer``, ``tracker``, ``metrics``, ``worker``, ``exactly_once``,
-    ``_fatal``, ``_error_log`` and ``_store``.
+    ``stalls`` (the assignment, for :mod:`broker_plugin.stream.stall`), ``_fatal``, ``_error_log`` and ``_store``.
     """
 
     _fatal: ServiceStop | None
@@ -36,12 +36,14 @@ class KafkaCallbacks:
         log.info("assigned %d partitions", len(partitions), extra={
             "event": "assign", "worker": f"{self.worker[0]}/{self.worker[1]}", "pid": os.getpid(),
             "partitions": [f"{tp.topic}/{tp.partition}" for tp in partitions]})
+        self.stalls.assign(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Before losing partitions: finish their outputs, store and commit, so the next owner starts
         exactly after what we produced."""
         from confluent_kafka import KafkaException
 
+        self.stalls.revoke(partitions)
         try:
             left = self.producer.flush(DRAIN_TIMEOUT_S) if self.producer is not None else 0
             self._store()
@@ -59,6 +61,7 @@ class KafkaCallbacks:
             log.exception("error while handling partition revocation")
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self.stalls.revoke(partitions)
         keys = [(tp.topic, tp.partition) for tp in partitions]
         lost = self.tracker.forget(keys)
         log.warning("lost %d partitions (session timeout?); %d unacknowledged messages will be processed again",

@@ -52,6 +52,8 @@ SETTING_ALIASES: dict[str, str] = {
     "sasl_mechanisms": "sasl.mechanism",
     "sasl_username": "sasl.username",
     "sasl_password": "sasl.password",
+    # librdkafka's default (5 min) leaves a recreated topic or a new pattern match unseen for minutes
+    "metadata_refresh_ms": "topic.metadata.refresh.interval.ms",
 }
 
 #: Settings that belong to only one kind of client (a producer refuses ``group.id`` silently
@@ -65,10 +67,14 @@ CONSUMER_ONLY = frozenset({"group.id", "auto.offset.reset", "session.timeout.ms"
 #: KafkaConfig fields that configure the application, not librdkafka: accepted and ignored.
 APPLICATION_KEYS = frozenset({"input_topics", "input_pattern", "output_topic", "candidate_topic", "dlq_topic",
                               "exactly_once", "schema_registry_url", "input_max_bytes", "output_max_bytes",
-                              "dlq_max_bytes", "metadata_refresh_ms"})
+                              "dlq_max_bytes"})
 
 #: Per-client-kind escape hatches of KafkaConfig: merged verbatim into that kind's dict only.
 EXTRA_KEYS = {"consumer": "consumer_extra", "producer": "producer_extra"}
+
+#: ``topic.metadata.refresh.interval.ms`` (kafka.metadata_refresh_ms): a topic recreated after a
+#: broker replacement, or a new topic matching ``input_pattern``, is seen within 30 s, not 5 min.
+DEFAULT_METADATA_REFRESH_MS = 30_000
 
 #: Session timeout that suits both Kafka (its group.min.session.timeout.ms is 6000) and the
 #: embedded Tansu broker, whose group join waits about half the session timeout (45 s default ->
@@ -84,6 +90,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": DEFAULT_SESSION_TIMEOUT_MS,
     "isolation.level": "read_committed",
     "enable.partition.eof": False,
+    "topic.metadata.refresh.interval.ms": DEFAULT_METADATA_REFRESH_MS,
 }
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -94,6 +101,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # lz4: cheap, supported by every Kafka client and broker since 0.10; alerts carry gzipped
     # FITS cutouts that barely compress, so a heavier codec buys little.
     "compression.type": "lz4",
+    "topic.metadata.refresh.interval.ms": DEFAULT_METADATA_REFRESH_MS,
 }
 
 #: Substrings of property names whose values are secrets (matched case-insensitively).

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 #: Stages whose per-alert latency is observed (DESIGN.md data flow).
 STAGES: tuple[str, ...] = ("decode", "features", "inference", "encode", "produce")
+
+#: ``bal_stalled`` reasons (:mod:`broker_plugin.stream.stall`), exported as 0 from the start.
+STALL_REASONS: tuple[str, ...] = ("unacknowledged", "cluster_changed", "no_assignment")
+
+#: ``(HTTP status, JSON body)`` of ``/healthz``.
+HealthReport = Callable[[], tuple[int, dict[str, Any]]]
 
 #: Seconds per alert: 10 us (encode fast path) .. 1 s (a stalled broker).
 LATENCY_BUCKETS: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
@@ -55,6 +62,15 @@ class Metrics:
         self.history_errors = Counter("bal_history_store_errors",
                                       "Batches put back because the history store could not be read or written.",
                                       registry=r)
+        self.stalled = Gauge("bal_stalled", "1 while a stall condition holds (reason: unacknowledged outputs, "
+                             "cluster id changed, no partition assigned).", ["reason"], registry=r)
+        for reason in STALL_REASONS:
+            self.stalled.labels(reason).set(0)
+        self.subscription_unmatched = Gauge("bal_subscription_unmatched",
+                                            "Subscribed topics or patterns that match no topic in the metadata.",
+                                            registry=r)
+        #: What ``/healthz`` answers (set by the service's stall watcher); None: 200 while serving.
+        self.health: HealthReport | None = None
         self._server: Any = None
         self._thread: Any = None
 
@@ -77,10 +93,30 @@ class Metrics:
     # -- exposition ------------------------------------------------------------------------------
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Start the HTTP endpoint on ``port`` (a daemon thread); returns the bound port."""
-        from prometheus_client import start_http_server
+        """Start the HTTP endpoint on ``port`` (a daemon thread): ``/metrics`` (prometheus-client's
+        WSGI app) and ``/healthz`` (:attr:`health`); returns the bound port."""
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO", "").rstrip("/") == "/healthz":
+                status, body = self.health() if self.health is not None else (200, {"status": "ok"})
+                data = json.dumps(body).encode("utf-8")
+                start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+                               [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+                return [data]
+            return metrics_app(environ, start_response)
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no log line
+                pass
+
+        self._server = make_server(addr, port, app, ThreadingWSGIServer, handler_class=Quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
         return int(self._server.server_port)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ its partition is fully acknowledged (at-least-once delivery, see :mod:`broker_pl
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ class _Entry:
     track: _PartitionTrack
     source: Any = None  # the input message, kept for dead-lettering on a produce failure
     dlq_sent: bool = False
+    since: float = 0.0  # time.monotonic() at registration: how long its outputs have been waiting
 
 
 @dataclass(slots=True, eq=False)
@@ -45,12 +47,15 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._parts: dict[tuple[str, int], _PartitionTrack] = {}
         self.pending = 0  #: messages registered and not yet fully acknowledged
+        #: tracks of forgotten (revoked, lost) partitions whose outputs are still in the producer:
+        #: they no longer count as pending, but an output the broker never acknowledges is a stall
+        self._orphans: list[_PartitionTrack] = []
 
     def begin(self, topic: str, partition: int, offset: int, outputs: int, source: Any = None) -> _Entry:
         track = self._parts.get((topic, partition))
         if track is None:
             track = self._parts[(topic, partition)] = _PartitionTrack()
-        entry = _Entry(offset, outputs, track, source)
+        entry = _Entry(offset, outputs, track, source, since=time.monotonic())
         track.entries.append(entry)
         if outputs <= 0:
             track.dirty = True
@@ -92,9 +97,34 @@ class OffsetTracker:
                 continue
             track.alive = False
             unacked = sum(1 for e in track.entries if e.remaining > 0)
+            if unacked:
+                self._orphans.append(track)
             lost += unacked
             self.pending -= unacked
         return lost
+
+    def oldest_pending(self) -> float | None:
+        """``time.monotonic()`` at which the oldest message still waiting for an acknowledgement was
+        registered, None when nothing is pending. Cheap: the first unacknowledged entry of each
+        partition is its oldest (entries are in registration order), and after :meth:`advanced` it
+        is the head of the queue. Outputs of revoked or lost partitions count too, until the
+        broker acknowledges (or refuses) them."""
+        oldest: float | None = None
+        for track in self._parts.values():
+            for entry in track.entries:
+                if entry.remaining > 0:
+                    if oldest is None or entry.since < oldest:
+                        oldest = entry.since
+                    break
+        if self._orphans:
+            for track in self._orphans:
+                entries = track.entries
+                while entries and entries[0].remaining <= 0:
+                    entries.popleft()
+                if entries and (oldest is None or entries[0].since < oldest):
+                    oldest = entries[0].since
+            self._orphans = [t for t in self._orphans if t.entries]
+        return oldest
 
     def partitions(self) -> list[tuple[str, int]]:
         return list(self._parts)

@@ -77,6 +77,7 @@ from broker_plugin.stream.kafka_errors import PARTITION_EOF
 from broker_plugin.stream.logs import RateLimiter, register_secret
 from broker_plugin.stream.offsets import OffsetTracker
 from broker_plugin.stream.outputs import Output, ServiceStats, Work, dlq_headers, source_of
+from broker_plugin.stream.stall import Stalls, StallWatch
 from broker_plugin.stream.step import Step
 from broker_plugin.stream.stop import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, ServiceStop
 from broker_plugin.stream.time_range import TimeRange, TimeRangeMode
@@ -100,7 +101,7 @@ __all__ = [
 
 
 class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCallbacks,
-              KafkaClients, HistoryOutage, Step):
+              KafkaClients, HistoryOutage, StallWatch, Step):
     """One service process: a consumer, a producer, an annotator, an output encoder, metrics.
 
     ``consumer``/``producer`` may be handed in (anything with the confluent-kafka interface);
@@ -131,6 +132,7 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
         self.encoder = OutputEncoder(drop_cutouts=cfg.processing.drop_cutouts, registry_url=k.schema_registry_url,
                                      subject=f"{k.output_topic}-value")
         self.metrics = metrics if metrics is not None else Metrics()
+        self.stalls = Stalls(cfg, self.metrics)  # heartbeat and silent stalls, /healthz (stream.stall)
         self.consumer = consumer
         self.producer = producer
         self.worker = worker
@@ -218,7 +220,7 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
         timings_before = dict(self.annotator.timings.seconds)
         try:
             processed = process_batch(self.annotator, [messages[i].value() or b"" for i in todo],
-                                      history=self.history)
+                                      history=self.history, processing=self.cfg.processing)
         except StoreError as exc:  # nothing of the batch was produced: read it again later
             self.history_outage(messages, exc)
             return []
@@ -282,10 +284,9 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
 
     def post_produce(self) -> None:
         """Serve delivery reports, store acknowledged offsets, apply back-pressure and the error
-        budget, publish metrics, log progress."""
+        budget and the stall checks, publish metrics, log progress."""
         self.producer.poll(0)
-        while self.tracker.pending > self.max_in_flight and self._fatal is None and not self._stopping():
-            self.producer.poll(0.1)  # back-pressure: bound the outputs in flight
+        self._backpressure()  # bound the outputs in flight
         self._store()
         self._flush_counts()
         if self._fatal is not None:
@@ -297,19 +298,9 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
             top = ", ".join(f"{r}={c}" for r, c in reasons.most_common(5))
             raise ServiceStop(f"error budget exhausted: more than {self.budget.max_errors} messages failed within "
                               f"{self.budget.window_s:g} s ({top}); they are in {self.cfg.kafka.dlq_topic}", code)
+        self.watch_stalls()
         if now - self._last_progress >= PROGRESS_INTERVAL_S:
             self._log_progress(now)
-
-    def _log_progress(self, now: float) -> None:
-        done = self.stats.consumed
-        rate = (done - self._progress_base) / max(now - self._last_progress, 1e-9)
-        self._last_progress = now
-        self._progress_base = done
-        log.info("%d alerts in, %d annotated, %d rejected, %d candidates (%.0f alerts/s)", done,
-                 self.stats.annotated, self.stats.rejected, self.stats.produced_candidates, rate,
-                 extra={"event": "progress", "alerts_in": done, "annotated": self.stats.annotated,
-                        "rejected": self.stats.rejected, "candidates": self.stats.produced_candidates,
-                        "alerts_per_s": round(rate, 1), "in_flight": self.tracker.pending})
 
     # -- life cycle: tear down -------------------------------------------------------------------
 
