@@ -68,6 +68,7 @@ from broker_plugin.config import ServiceConfig, load_config
 from broker_plugin.errors import BalBrokerError, ConfigError
 from broker_plugin.history import StoreError
 from broker_plugin.pipeline import INTERNAL_ERROR
+from broker_plugin.stream.client_check import check_client_settings
 from broker_plugin.stream.client_events import DRAIN_TIMEOUT_S, KafkaCallbacks
 from broker_plugin.stream.clients import STATS_INTERVAL_MS, KafkaClients, secrets_of
 from broker_plugin.stream.delivery import PRODUCE_RETRIES, AtLeastOnceDelivery
@@ -392,6 +393,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     cfg = load_config(args.config)
+    check_client_settings(cfg)  # librdkafka's verdict on the settings: one line, exit 2, before any start
     if args.workers > 1:
         setup_logging(cfg.observability.log_level, cfg.observability.log_format)
         return run_workers(args.config, args.workers, cfg)
