@@ -248,62 +248,6 @@ def test_exactly_once_happy_path(kafka_broker: EmbeddedBroker, corpus: list[tupl
     assert committed(bootstrap, cfg.kafka.group_id, topic, 4) == next_offsets(inputs)
 
 
-def _wire_alert(corpus: list[tuple[str, bytes]]) -> bytes:
-    return next(d for n, d in corpus if n.startswith("boom_wire"))
-
-
-def test_output_too_large_goes_to_dlq(kafka_broker: EmbeddedBroker, corpus: list[tuple[str, bytes]]) -> None:
-    """The annotated output exceeds message.max.bytes (a Rubin wire alert gains its embedded
-    schema) but the original fits: the input is dead-lettered with reason produce_failed and
-    its offset committed; nothing is lost."""
-    from broker_plugin.decode import decode_alert
-    from broker_plugin.stream.kafka_output import OutputEncoder
-
-    bootstrap = kafka_broker.bootstrap
-    topic = unique_name("big")
-    kafka_broker.create_topics([topic], partitions=1)
-    data = _wire_alert(corpus)
-    alert = decode_alert(data)
-    out_size = len(OutputEncoder().encode(data, alert, Annotator().annotate_batch([alert])[0]))
-    limit = len(data) + 2000
-    assert out_size > limit + 1000
-    small = next(d for n, d in corpus if n.endswith(".avro") and len(d) < len(data) - 20000)
-    produce(bootstrap, topic, [(b"big", data), (b"small", small)])
-    cfg = make_config(bootstrap, topic, kafka={"producer_extra": {"message.max.bytes": limit}})
-    service = Service(cfg)
-    with ServiceThread(service) as st:
-        st.wait_outputs(2, timeout=30)
-        wait_for(lambda: service.tracker.pending == 0, 10, "acknowledgements")
-        assert st.stop() == 0
-    (dlq,) = drain_topic(bootstrap, cfg.kafka.dlq_topic, min_count=1)
-    h = headers_of(dlq)
-    assert h["bal_error_reason"] == "produce_failed" and h["bal_error_stage"] == "produce"
-    assert "MSG_SIZE_TOO_LARGE" in h["bal_error_message"].upper().replace(" ", "_") or "too large" in \
-        h["bal_error_message"].lower()
-    assert dlq.value() == data and dlq.key() == b"big"
-    assert len(drain_topic(bootstrap, cfg.kafka.output_topic, min_count=1)) == 1
-    assert committed(bootstrap, cfg.kafka.group_id, topic, 1) == {0: 2}
-    st_ = service.stats
-    assert (st_.annotated, st_.rejected, st_.produced_out, st_.produced_dlq) == (1, 1, 1, 1)
-
-
-def test_dlq_failure_stops_without_committing(kafka_broker: EmbeddedBroker, corpus: list[tuple[str, bytes]],
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    """Neither the output nor the dead letter fits: status 1, and the offset is not committed."""
-    bootstrap = kafka_broker.bootstrap
-    topic = unique_name("nodlq")
-    kafka_broker.create_topics([topic], partitions=1)
-    data = _wire_alert(corpus)
-    produce(bootstrap, topic, [(b"big", data)])
-    cfg = make_config(bootstrap, topic, kafka={"producer_extra": {"message.max.bytes": 20000}})
-    with caplog.at_level(logging.ERROR, logger="broker_plugin.stream.service"):
-        st = ServiceThread(Service(cfg))
-        with st:
-            assert st.join(30) == 1
-    assert any("dead-letter topic" in r.getMessage() for r in caplog.records)
-    assert committed(bootstrap, cfg.kafka.group_id, topic, 1) == {}
-
-
 def test_error_budget_stops_with_status_2(kafka_broker: EmbeddedBroker, caplog: pytest.LogCaptureFixture) -> None:
     bootstrap = kafka_broker.bootstrap
     topic = unique_name("rot")

@@ -31,6 +31,15 @@ rate_limit(_rdkafka_log)  # librdkafka logs every reconnection attempt while a b
 #: librdkafka statistics interval when metrics are on (consumer lag gauge).
 STATS_INTERVAL_MS = 5000
 
+#: Room above the ``kafka.*_max_bytes`` limits (which count value, key and headers) for the record
+#: and batch framing librdkafka adds when it checks ``message.max.bytes``, and fetch responses carry.
+SIZE_HEADROOM = 64 * 1024
+#: librdkafka's defaults, kept when the configured limits need no more.
+DEFAULT_FETCH_MAX_BYTES = 52_428_800
+DEFAULT_RECEIVE_MAX_BYTES = 100_000_000
+#: librdkafka's ceiling for message.max.bytes and fetch.max.bytes.
+RDKAFKA_MAX_BYTES = 1_000_000_000
+
 
 class KafkaClients:
     """Client configuration of the service, and retrying client calls until a broker answers.
@@ -52,6 +61,7 @@ class KafkaClients:
         conf = consumer_config(self.client_settings(), group_id=self.group_id)
         conf["logger"] = _rdkafka_log
         conf["error_cb"] = self._on_kafka_error
+        fetch_limits(conf, self.cfg.kafka.input_max_bytes)
         if self.cfg.observability.metrics_port:
             conf.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
         if "statistics.interval.ms" in conf:
@@ -72,6 +82,9 @@ class KafkaClients:
         if self.exactly_once:
             txn = f"bal-broker-{self.group_id}-{os.getpid()}-{os.urandom(4).hex()}"
         conf = producer_config(self.client_settings(), transactional_id=txn)
+        k = self.cfg.kafka
+        conf.setdefault("message.max.bytes", min(max(k.output_max_bytes, k.dlq_max_bytes) + SIZE_HEADROOM,
+                                                 RDKAFKA_MAX_BYTES))
         conf["logger"] = _rdkafka_log
         conf["error_cb"] = self._on_kafka_error
         return conf
@@ -159,3 +172,14 @@ def secrets_of(cfg: ServiceConfig) -> list[str]:
     for extra in (k.consumer_extra, k.producer_extra):
         out += [str(v) for key, v in extra.items() if v is not None and is_secret_key(str(key))]
     return out
+
+
+def fetch_limits(conf: dict[str, Any], input_max_bytes: int) -> None:
+    """Let a consumer fetch an input of ``input_max_bytes`` (``fetch.max.bytes`` and
+    ``receive.message.max.bytes``, which librdkafka wants at least 512 bytes larger); settings from
+    ``consumer_extra`` win, but the pair is kept consistent."""
+    want = min(input_max_bytes + SIZE_HEADROOM, RDKAFKA_MAX_BYTES)
+    conf.setdefault("fetch.max.bytes", max(DEFAULT_FETCH_MAX_BYTES, want))
+    conf.setdefault("receive.message.max.bytes", max(DEFAULT_RECEIVE_MAX_BYTES, int(conf["fetch.max.bytes"]) + 512))
+    if int(conf["receive.message.max.bytes"]) < int(conf["fetch.max.bytes"]) + 512:
+        conf["fetch.max.bytes"] = int(conf["receive.message.max.bytes"]) - 512

@@ -5,6 +5,13 @@ every earlier message of its partition) has been acknowledged (:class:`~broker_p
 librdkafka auto-commits stored offsets. A failed output is retried (``PRODUCE_RETRIES``, except for
 errors no retry can fix), then its input goes to the DLQ with reason ``produce_failed``; if the DLQ
 refuses it too, the service stops with status 1 and that offset is never stored.
+
+Sizes: no single message may stop a partition. An input over ``kafka.input_max_bytes`` is never
+decoded (:meth:`AtLeastOnceDelivery._oversized_input`: a dead-letter stub, ``message_too_large``); a
+dead letter over ``kafka.dlq_max_bytes`` goes out as a stub (:func:`~broker_plugin.stream.outputs.dlq_stub`);
+an output the producer or the broker refuses for its size is sent again without cutouts (flagged
+``cutouts_dropped_size``), and when that fails too its input is dead-lettered (``output_too_large``);
+a refused dead letter is sent again as a stub. Only a refused *stub* still stops the service.
 :class:`AtLeastOnceDelivery` is mixed into the service.
 """
 
@@ -14,9 +21,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from broker_plugin.stream.kafka_errors import PERMANENT_PRODUCE_ERRORS, error_name, error_text
+from broker_plugin.stream.kafka_errors import PERMANENT_PRODUCE_ERRORS, SIZE_ERRORS, error_name, error_text
 from broker_plugin.stream.offsets import OffsetTracker, _Entry
-from broker_plugin.stream.outputs import Output, Work, dlq_headers
+from broker_plugin.stream.outputs import Output, Work, dlq_headers, dlq_stub, fit_dead_letter
 from broker_plugin.stream.stop import ServiceStop
 
 #: The service's logger: these lines are the service's, whichever module holds the code.
@@ -29,7 +36,7 @@ PRODUCE_RETRIES = 2
 class AtLeastOnceDelivery:
     """Sending outputs one by one with delivery reports, and storing the offsets they complete.
 
-    Expects of the service: ``cfg``, ``producer``, ``consumer``, ``tracker``, ``stats``, ``metrics``,
+    Expects of the service: ``cfg``, ``producer``, ``consumer``, ``encoder``, ``tracker``, ``stats``, ``metrics``,
     ``exactly_once``, ``_fatal``, the ``_acked_*`` counters and ``_log_rate_limited``.
     """
 
@@ -37,8 +44,22 @@ class AtLeastOnceDelivery:
     _fatal: ServiceStop | None
 
     def _dlq(self, msg: Any, error_class: str, reason: str, message: str, stage: str) -> Output:
+        """The dead letter of input ``msg`` (a stub when over ``kafka.dlq_max_bytes``)."""
         headers = dlq_headers(msg, error_class=error_class, reason=reason, message=message, stage=stage)
-        return Output(self.cfg.kafka.dlq_topic, msg.key(), msg.value() or b"", list(headers), "dlq")
+        out = Output(self.cfg.kafka.dlq_topic, msg.key(), msg.value() or b"", list(headers), "dlq")
+        return fit_dead_letter(out, self.cfg.kafka.dlq_max_bytes)
+
+    def _oversized_input(self, msg: Any) -> Work | None:
+        """For an input over ``kafka.input_max_bytes``, its Work: a dead-letter stub with reason
+        ``message_too_large`` (the message is never decoded); None for any other input."""
+        limit = self.cfg.kafka.input_max_bytes
+        value = msg.value() or b""
+        if len(value) <= limit:
+            return None
+        headers = dlq_headers(msg, error_class="MessageTooLarge", reason="message_too_large",
+                              message=f"the input is {len(value)} bytes, over kafka.input_max_bytes ({limit})",
+                              stage="consume")
+        return Work(msg, [dlq_stub(Output(self.cfg.kafka.dlq_topic, msg.key(), value, headers, "dlq"))])
 
     def _produce_each(self, works: Sequence[Work]) -> None:
         """Register every input with the tracker and hand its outputs to the producer."""
@@ -74,6 +95,9 @@ class AtLeastOnceDelivery:
             return
         name = error_name(err)
         text = error_text(err)
+        if name in SIZE_ERRORS and not out.reduced:
+            self._send_smaller(out, entry, text)
+            return
         if attempt < PRODUCE_RETRIES and name not in PERMANENT_PRODUCE_ERRORS:
             self._log_rate_limited(f"produce-{name}", "producing to %s failed (%s); retrying", out.topic, text)
             self._send(out, entry, attempt + 1)
@@ -84,7 +108,24 @@ class AtLeastOnceDelivery:
                                           f"{dict(out.headers).get('bal_source')}: {text}; stopping without "
                                           "committing it")
             return
-        self._dead_letter_input(out, entry, name, text)
+        self._dead_letter_input(out, entry, name, text, "output_too_large" if name in SIZE_ERRORS else "produce_failed")
+
+    def _send_smaller(self, out: Output, entry: _Entry, text: str) -> None:
+        """``out`` was refused for its size: send a dead letter as a stub, an output without its
+        cutouts (else dead-letter its input, ``output_too_large``)."""
+        self._log_rate_limited(f"produce-size-{out.kind}", "%s refused a message of %d bytes (%s); sending it %s",
+                               out.topic, len(out.value), text,
+                               "as a stub" if out.kind == "dlq" else "without cutouts")
+        if out.kind == "dlq":
+            self._send(dlq_stub(out), entry, 0)
+            return
+        try:
+            value = self.encoder.shrink(entry.source.value() or b"", out.value)
+        except Exception as exc:  # still too large, or not readable back: the input goes to the DLQ
+            self._dead_letter_input(out, entry, "MSG_SIZE_TOO_LARGE", f"{text}; without cutouts: {exc}",
+                                    "output_too_large")
+            return
+        self._send(Output(out.topic, out.key, value, out.headers, out.kind, reduced=True), entry, 0)
 
     def _count_acked(self, kind: str) -> None:
         """One acknowledged output of ``kind``; published by the service's ``_flush_counts``."""
@@ -95,7 +136,8 @@ class AtLeastOnceDelivery:
         else:
             self._acked_dlq += 1
 
-    def _dead_letter_input(self, out: Output, entry: _Entry, name: str, text: str) -> None:
+    def _dead_letter_input(self, out: Output, entry: _Entry, name: str, text: str,
+                           reason: str = "produce_failed") -> None:
         """An output failed for good: send its input to the DLQ instead (once per input)."""
         if out.kind == "out":  # the alert did not go out annotated after all (keeps the counts adding up)
             self.stats.annotated -= 1
@@ -110,9 +152,9 @@ class AtLeastOnceDelivery:
             self._fatal = ServiceStop(f"lost track of an input while dead-lettering ({text})")
             return
         self.stats.rejected += 1
-        self.stats.reasons["produce_failed"] += 1
-        self.metrics.reject("produce_failed")
-        self._send(self._dlq(src, "KafkaError", "produce_failed", f"{out.topic}: {text}", "produce"), entry, 0)
+        self.stats.reasons[reason] += 1
+        self.metrics.reject(reason)
+        self._send(self._dlq(src, "KafkaError", reason, f"{out.topic}: {text}", "produce"), entry, 0)
 
     def _store(self) -> None:
         """Store the offsets whose acknowledged run grew (exactly_once: they go through the transaction)."""

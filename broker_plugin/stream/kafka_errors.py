@@ -13,6 +13,9 @@ PERMANENT_PRODUCE_ERRORS = frozenset({
     "MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "RECORD_LIST_TOO_LARGE", "INVALID_MSG",
     "CORRUPT_MESSAGE", "TOPIC_AUTHORIZATION_FAILED", "INVALID_TOPIC_EXCEPTION", "_INVALID_ARG",
 })
+#: Delivery errors meaning "this message is too large" (librdkafka's own message.max.bytes check and
+#: the broker's MESSAGE_TOO_LARGE share code 10): the output is retried smaller, never as it is.
+SIZE_ERRORS = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE"})
 PARTITION_EOF = -191  # confluent_kafka.KafkaError._PARTITION_EOF
 
 

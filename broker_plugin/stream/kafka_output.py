@@ -73,11 +73,14 @@ from broker_plugin.stream.schema_registry import RegistryError, SchemaRegistryWr
 
 #: Names that lived here before the encoder was split, still importable from here.
 __all__ = [
-    "BAL_FIELD", "CUTOUT_FIELDS", "OutputEncoder", "OutputError", "OutputSchema", "RegistryError",
-    "SchemaRegistryWriter", "container_header", "container_message", "encode_bal", "encode_bytes",
+    "BAL_FIELD", "CUTOUTS_DROPPED_FLAG", "CUTOUT_FIELDS", "OutputEncoder", "OutputError", "OutputSchema",
+    "RegistryError", "SchemaRegistryWriter", "container_header", "container_message", "encode_bal", "encode_bytes",
     "encode_long", "encode_metadata", "output_schema", "parsed_bal_schema", "strip_parsed",
 ]
 
+#: ``bal`` flag of an output sent without its cutouts because it was over ``kafka.output_max_bytes``
+#: (or the broker refused its size).
+CUTOUTS_DROPPED_FLAG = "cutouts_dropped_size"
 #: Name of the field appended to the alert record.
 BAL_FIELD = "bal"
 #: Top-level fields holding image cutouts, in ZTF and Rubin schemas alike.
@@ -159,14 +162,19 @@ class OutputEncoder:
     """Builds output message values from (input bytes, decoded alert, ``bal`` record).
 
     One per service process. ``registry_url`` switches to the Confluent wire format, registering
-    under ``subject``. Thread-safe for the cache (the service uses one thread anyway).
+    under ``subject``. Thread-safe for the cache (the service uses one thread anyway). ``max_bytes``
+    (``kafka.output_max_bytes``): an output over it is encoded again without its cutouts, flagged
+    :data:`CUTOUTS_DROPPED_FLAG`; if still over, :class:`OutputError` ``output_too_large``.
     """
 
     def __init__(self, *, drop_cutouts: bool = False, registry_url: str | None = None,
-                 subject: str | None = None, registry_timeout_s: float = 5.0) -> None:
+                 subject: str | None = None, registry_timeout_s: float = 5.0, max_bytes: int | None = None) -> None:
         if registry_url and not subject:
             raise ValueError("a schema registry needs the subject to register under")
         self.drop_cutouts = drop_cutouts
+        self.max_bytes = max_bytes
+        self._registry_args = (registry_url, subject, registry_timeout_s)
+        self._small: OutputEncoder | None = None
         self.registry = SchemaRegistryWriter(registry_url, registry_timeout_s) if registry_url else None
         self.subject = subject
         self._cache: dict[tuple[str, Any], OutputSchema] = {}
@@ -177,13 +185,55 @@ class OutputEncoder:
         return self.registry is not None
 
     def encode(self, raw: bytes, alert: Alert, bal: Mapping[str, Any]) -> bytes:
-        """The output value for the alert decoded from ``raw`` and its annotation ``bal``."""
+        """The output value for the alert decoded from ``raw`` and its annotation ``bal``, within
+        ``max_bytes`` (without cutouts if need be; see the class)."""
+        value = self._encode(raw, alert.record, bal)
+        if self.max_bytes is None or len(value) <= self.max_bytes:
+            return value
+        if self.drop_cutouts:  # nothing left to drop
+            return self._checked(value, len(value))
+        return self._checked(self.encode_without_cutouts(raw, alert.record, bal), len(value))
+
+    def encode_without_cutouts(self, raw: bytes, record: Mapping[str, Any], bal: Mapping[str, Any]) -> bytes:
+        """The output value with the cutouts set to null and ``bal`` flagged :data:`CUTOUTS_DROPPED_FLAG`."""
+        if self._small is None:
+            url, subject, timeout = self._registry_args
+            self._small = OutputEncoder(drop_cutouts=True, registry_url=url, subject=subject,
+                                        registry_timeout_s=timeout)
+        flagged = dict(bal)
+        flags = list(flagged.get("flags") or [])
+        if CUTOUTS_DROPPED_FLAG not in flags:
+            flags.append(CUTOUTS_DROPPED_FLAG)
+        flagged["flags"] = flags
+        return self._small._encode(raw, record, flagged)
+
+    def shrink(self, raw: bytes, value: bytes) -> bytes:
+        """``value``, an output already built for the input ``raw``, again without its cutouts (the
+        broker refused its size). Reads the record back from ``value``; raises :class:`OutputError`
+        when even that is over ``max_bytes``."""
+        out = self.schema_for(raw)
+        if out.sync is not None:
+            (record,) = list(fastavro.reader(io.BytesIO(value)))
+        else:
+            parsed = fastavro.parse_schema(json.loads(out.schema_json), named_schemas={})
+            record = fastavro.schemaless_reader(io.BytesIO(value[_WIRE_HEADER.size:]), parsed, None)
+        assert isinstance(record, dict)
+        bal = record.pop(BAL_FIELD)
+        return self._checked(self.encode_without_cutouts(raw, record, bal), len(value))
+
+    def _checked(self, value: bytes, full: int) -> bytes:
+        if self.max_bytes is not None and len(value) > self.max_bytes:
+            raise OutputError(f"the output is {full} bytes, still {len(value)} without cutouts: over "
+                              f"kafka.output_max_bytes ({self.max_bytes})", reason="output_too_large")
+        return value
+
+    def _encode(self, raw: bytes, alert_record: Mapping[str, Any], bal: Mapping[str, Any]) -> bytes:
         key, body, load = self._split(raw)
         out = self._cache.get(key)
         if out is None:
             out = self._derive(key, load)
         if self.drop_cutouts:
-            record = dict(alert.record)
+            record = dict(alert_record)
             for name in out.cutouts:
                 record[name] = None
             record[BAL_FIELD] = dict(bal)

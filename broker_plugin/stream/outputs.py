@@ -7,6 +7,7 @@ that needs the consumer or the loop.
 from __future__ import annotations
 
 import collections
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ class Output:
     value: bytes
     headers: list[tuple[str, str | bytes]]
     kind: str  # "out", "candidate" or "dlq"
+    reduced: bool = False  # already as small as it gets: an output without cutouts, a dead-letter stub
 
 
 @dataclass(slots=True)
@@ -68,3 +70,29 @@ def dlq_headers(msg: Any, *, error_class: str, reason: str, message: str, stage:
         ("bal_plugin_version", __version__),
     ]
 
+
+
+#: Bytes of the original message a dead-letter stub keeps (:func:`dlq_stub`).
+STUB_PREFIX_BYTES = 1024
+
+
+def message_size(out: Output) -> int:
+    """Bytes of ``out`` as the size limits count them: value, key and headers."""
+    key = out.key.encode("utf-8") if isinstance(out.key, str) else (out.key or b"")
+    headers = sum(len(k) + len(v.encode("utf-8") if isinstance(v, str) else v) for k, v in out.headers)
+    return len(out.value) + len(key) + headers
+
+
+def dlq_stub(out: Output) -> Output:
+    """A dead letter too large to send, as a small one: the first bytes of the original value, its
+    headers plus ``bal_truncated``, ``bal_original_size`` and ``bal_original_sha256``; same key."""
+    value = out.value
+    headers = [h for h in out.headers if h[0] not in ("bal_truncated", "bal_original_size", "bal_original_sha256")]
+    headers += [("bal_truncated", "true"), ("bal_original_size", str(len(value))),
+                ("bal_original_sha256", hashlib.sha256(value).hexdigest())]
+    return Output(out.topic, out.key, bytes(value[:STUB_PREFIX_BYTES]), headers, out.kind, reduced=True)
+
+
+def fit_dead_letter(out: Output, max_bytes: int) -> Output:
+    """``out`` when it fits in ``max_bytes`` (``kafka.dlq_max_bytes``), else its :func:`dlq_stub`."""
+    return out if message_size(out) <= max_bytes else dlq_stub(out)

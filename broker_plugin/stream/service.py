@@ -131,7 +131,7 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
         self.annotator = annotator
         self.history = open_history(cfg)  # a wrong store URL or a newer schema: exit 2 before connecting
         self.encoder = OutputEncoder(drop_cutouts=cfg.processing.drop_cutouts, registry_url=k.schema_registry_url,
-                                     subject=f"{k.output_topic}-value")
+                                     subject=f"{k.output_topic}-value", max_bytes=k.output_max_bytes)
         self.metrics = metrics if metrics is not None else Metrics()
         self.stalls = Stalls(cfg, self.metrics)  # heartbeat and silent stalls, /healthz (stream.stall)
         self.consumer = consumer
@@ -216,6 +216,8 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
             forced = self._force_dlq.get((m.topic(), m.partition(), m.offset())) if self._force_dlq else None
             if forced is not None:
                 works[i] = Work(m, [self._dlq(m, "KafkaError", "produce_failed", forced, "produce")])
+            elif (too_large := self._oversized_input(m)) is not None:  # never decoded: a DLQ stub
+                works[i] = too_large
             else:
                 todo.append(i)
         timings_before = dict(self.annotator.timings.seconds)
