@@ -33,9 +33,9 @@ from broker_plugin.history.points import (
     BANDS,
     DATA_RELEASE_ORIGINS,
     KIND_DC,
+    ORIGIN_OF_SURVEY,
+    ORIGIN_PRIO,
     ORIGIN_SURVEY,
-    PRIO_ALERT,
-    PRIO_DR,
     PRIO_PACKET,
     Limits,
     Points,
@@ -48,6 +48,11 @@ from broker_plugin.photometry.lightcurve_core import DUPLICATE_TOL_DAYS, flux_to
 KIND_MISMATCH_FLAG = "history_kind_mismatch"
 #: Source codes of merged points, indexing :data:`~broker_plugin.alert.HISTORY_ORIGINS`.
 _SRC_PACKET, _SRC_STORE, _SRC_DR, _SRC_OTHER = 0, 1, 2, 3
+#: Per alert survey, the source code of a stored point by its origin code.
+_SOURCE_OF: dict[str, np.ndarray] = {
+    survey: np.array([_SRC_OTHER if ORIGIN_SURVEY[o] != survey else _SRC_DR if o in DATA_RELEASE_ORIGINS
+                      else _SRC_STORE for o in range(len(ORIGIN_SURVEY))], dtype=np.int8)
+    for survey in ("ztf", "lsst")}
 
 
 def visible(points: Points, survey: str, mjd: float, *, cross_survey: bool,
@@ -55,8 +60,7 @@ def visible(points: Points, survey: str, mjd: float, *, cross_survey: bool,
     """Mask of the stored ``points`` an alert of ``survey`` at time ``mjd`` may use."""
     ok = points.seen <= mjd + DUPLICATE_TOL_DAYS
     if not cross_survey:
-        own = [o for o, s in ORIGIN_SURVEY.items() if s == survey]
-        ok &= np.isin(points.origin, own)
+        ok &= ORIGIN_OF_SURVEY[survey][points.origin]
     if window_days is not None:
         ok &= points.mjd >= mjd - window_days
     return ok
@@ -64,9 +68,7 @@ def visible(points: Points, survey: str, mjd: float, *, cross_survey: bool,
 
 def _sources(origin: np.ndarray, survey: str) -> np.ndarray:
     """The history origin (store / data release / other survey) of each stored point."""
-    other = np.array([ORIGIN_SURVEY[int(o)] != survey for o in range(max(ORIGIN_SURVEY) + 1)])
-    is_dr = np.isin(origin, list(DATA_RELEASE_ORIGINS))
-    return np.where(other[origin], _SRC_OTHER, np.where(is_dr, _SRC_DR, _SRC_STORE)).astype(np.int8)
+    return _SOURCE_OF[survey][origin]
 
 
 def _chosen_kinds(packet: Mapping[str, LightCurve], cand: Points) -> np.ndarray:
@@ -90,11 +92,11 @@ def merge_points(packet: Mapping[str, LightCurve], packet_pts: Points, cand: Poi
     Returns the merged light curves (bands in :data:`BANDS` order, the builders' order for both
     surveys), the output record's ``history`` and the number of points left out for their kind.
     """
-    order = np.lexsort((cand.flux, cand.flux_err, np.isin(cand.origin, list(DATA_RELEASE_ORIGINS))))
-    cand = cand.take(order)
+    cand_prio = ORIGIN_PRIO[cand.origin]
+    order = np.lexsort((cand.flux, cand.flux_err, cand_prio))
+    cand, cand_prio = cand.take(order), cand_prio[order]
     allp = Points.concat([packet_pts, cand])
-    prio = np.concatenate((np.full(len(packet_pts), PRIO_PACKET, dtype=np.int8),
-                           np.where(np.isin(cand.origin, list(DATA_RELEASE_ORIGINS)), PRIO_DR, PRIO_ALERT)))
+    prio = np.concatenate((np.full(len(packet_pts), PRIO_PACKET, dtype=np.int8), cand_prio))
     src = np.concatenate((np.full(len(packet_pts), _SRC_PACKET, dtype=np.int8), _sources(cand.origin, survey)))
     kinds = _chosen_kinds(packet, cand)
     keep = (kinds[allp.band] == allp.kind) & np.isfinite(allp.mjd) & np.isfinite(allp.flux) \
@@ -150,8 +152,9 @@ def merge_alert(alert: Alert, stored: Points, limits: Limits | None = None, *, c
         alert.aggregates = dict(aggregates)
     if limits is not None and len(limits):
         alert.upper_limits = merge_limits(alert.upper_limits, limits, float(alert.mjd))
-    mask = visible(stored, alert.survey, float(alert.mjd), cross_survey=cross_survey, window_days=window_days)
-    if not mask.any():
+    mask = visible(stored, alert.survey, float(alert.mjd), cross_survey=cross_survey,
+                   window_days=window_days) if len(stored) else None
+    if mask is None or not mask.any():
         alert.history = packet_history(alert.lightcurves)
         return
     lcs, history, mismatched = merge_points(alert.lightcurves, alert_points(alert), stored.take(mask),

@@ -41,6 +41,13 @@ ALERT_ORIGIN: dict[str, int] = {"ztf": ORIGIN_ZTF_ALERT, "lsst": ORIGIN_LSST_ALE
 #: Merge priorities (lower wins an epoch): the alert's own packet 0, stored alert points 1, data release 2.
 PRIO_PACKET, PRIO_ALERT, PRIO_DR = 0, 1, 2
 
+#: Lookup tables indexed by origin code (cheaper than np.isin on the small arrays of one alert):
+#: the merge priority of a stored point, and whether an origin belongs to each survey.
+ORIGIN_PRIO = np.array([PRIO_DR if o in DATA_RELEASE_ORIGINS else PRIO_ALERT for o in range(len(ORIGIN_SURVEY))],
+                       dtype=np.int8)
+ORIGIN_OF_SURVEY: dict[str, np.ndarray] = {
+    survey: np.array([ORIGIN_SURVEY[o] == survey for o in range(len(ORIGIN_SURVEY))]) for survey in ("ztf", "lsst")}
+
 
 def time_key(mjd: np.ndarray) -> np.ndarray:
     """The exposure part of a point's key: time in integer microdays."""

@@ -22,6 +22,8 @@ from broker_plugin.errors import ConfigError
 from broker_plugin.history.store import HistoryStore, StoreError
 from broker_plugin.redact import redact_url
 
+#: Advisory-lock key that serialises schema migrations ("balhist" as an int).
+MIGRATION_LOCK_KEY = 0x62616C68697374
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT_S = 10
 
@@ -71,6 +73,12 @@ class PostgresHistoryStore(HistoryStore):
         with contextlib.suppress(Exception):
             self.conn.close()
         self.conn = psycopg.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False)
+
+    def _migration_lock(self, cur: Any) -> None:
+        # Two pods starting at once on an empty database would race in CREATE TABLE IF NOT EXISTS
+        # (PostgreSQL raises a unique violation in pg_type): the first takes this transaction-scoped
+        # lock and migrates, the second waits, then finds the store current.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
 
     def _tables_query(self) -> str:
         return "information_schema.tables WHERE table_schema = current_schema() AND table_name = 'meta'"

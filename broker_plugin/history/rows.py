@@ -77,12 +77,16 @@ class Batch:
 
 
 def _points_of(rows: Sequence[tuple[Any, ...]]) -> tuple[np.ndarray, Points]:
-    """(oid per row, Points) of fetched ``points`` rows (oid, bk, origin, mjd, flux, flux_err, seen)."""
+    """(oid per row, Points) of fetched ``points`` rows (oid, bk, origin, mjd, flux, flux_err, seen).
+
+    One conversion of the whole rows (the oid column, which float64 cannot hold exactly, is read
+    again as integers): slicing each row first cost more than the conversion.
+    """
     oids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    arr = np.array([r[1:] for r in rows], dtype=np.float64).reshape(len(rows), 6)
-    bk = arr[:, 0].astype(np.int8)
-    return oids, Points(bk >> 1, bk & 1, arr[:, 1].astype(np.int8), arr[:, 2].copy(), arr[:, 3].copy(),
-                        arr[:, 4].copy(), arr[:, 5].copy())
+    arr = np.array(rows, dtype=np.float64).reshape(len(rows), 7)
+    bk = arr[:, 1].astype(np.int8)
+    return oids, Points(bk >> 1, bk & 1, arr[:, 2].astype(np.int8), arr[:, 3].copy(), arr[:, 4].copy(),
+                        arr[:, 5].copy(), arr[:, 6].copy())
 
 
 def _limits_of(rows: Sequence[tuple[Any, ...]]) -> tuple[np.ndarray, Limits]:

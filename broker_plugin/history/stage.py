@@ -25,9 +25,8 @@ import numpy as np
 from broker_plugin.alert import Alert, packet_history
 from broker_plugin.history.merge import merge_alert
 from broker_plugin.history.points import (
-    DATA_RELEASE_ORIGINS,
+    ORIGIN_PRIO,
     PRIO_ALERT,
-    PRIO_DR,
     Limits,
     Points,
     alert_points,
@@ -244,7 +243,7 @@ def _stored_columns(found: dict[int, StoredObject], index: dict[int, int]) -> tu
     pts = Points.concat([p for _, p in parts])
     idx = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in parts])
     comp = _composite(idx, pts.band.astype(np.int64) * 2 + pts.kind, time_key(pts.mjd))
-    prio = np.where(np.isin(pts.origin, list(DATA_RELEASE_ORIGINS)), PRIO_DR, PRIO_ALERT).astype(np.float64)
+    prio = ORIGIN_PRIO[pts.origin].astype(np.float64)
     order = np.argsort(comp, kind="stable")
     return comp[order], pts.seen[order], prio[order], pts.flux_err[order], pts.flux[order]
 

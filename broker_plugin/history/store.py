@@ -77,6 +77,7 @@ class HistoryStore:
 
     def _migrate(self) -> int:
         cur = self.conn.cursor()
+        self._migration_lock(cur)
         current = 0
         cur.execute("SELECT count(*) FROM " + self._tables_query())
         if int(cur.fetchone()[0]):
@@ -100,6 +101,10 @@ class HistoryStore:
                         "excluded.value", (key, value))
         self.conn.commit()
         return SCHEMA_VERSION
+
+    def _migration_lock(self, cur: Any) -> None:
+        """Serialise start-up migrations of several processes (a backend hook; SQLite's write lock
+        does it already)."""
 
     def _tables_query(self) -> str:
         """A FROM clause listing the ``meta`` table if it exists (the catalogue differs by dialect)."""
