@@ -97,15 +97,17 @@ class PostgresHistoryStore(HistoryStore):
                     [list(c) for c in cols])
         return cur.fetchall()
 
-    def _copy(self, cur: Any, table: str, columns: str, cols: tuple[np.ndarray, ...]) -> None:
-        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-            for row in zip(*(c.tolist() for c in cols), strict=True):
-                copy.write_row(row)
+    def _copy(self, cur: Any, table: str, columns: str, cols: tuple[np.ndarray, ...], types: str) -> None:
+        """COPY the columns in PostgreSQL's binary format, built by numpy in one go (row-by-row
+        ``write_row`` cost ~10 us a point from Python). ``types``: one character per column,
+        ``q`` BIGINT, ``h`` SMALLINT, ``d`` DOUBLE PRECISION."""
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(binary_copy(cols, types))
 
     def _write_points(self, cur: Any, cols: tuple[np.ndarray, ...]) -> None:
         cur.execute(_TMP_POINTS)
         names = "oid, bk, tkey, origin, prio, mjd, flux, flux_err, seen"
-        self._copy(cur, "tmp_points", names, cols)
+        self._copy(cur, "tmp_points", names, cols, "qhqhhdddd")
         # DISTINCT ON: one row per key (the best), as one INSERT may not touch a row twice
         cur.execute(f"INSERT INTO points ({names}) SELECT DISTINCT ON (oid, bk, tkey) {names} FROM tmp_points ORDER BY "
                     f"oid, bk, tkey, prio, flux_err, flux {self.points_upsert_tail()}")
@@ -113,7 +115,7 @@ class PostgresHistoryStore(HistoryStore):
     def _write_limits(self, cur: Any, cols: tuple[np.ndarray, ...]) -> None:
         cur.execute(_TMP_LIMITS)
         names = "oid, band, tkey, mjd, limit_mag, seen"
-        self._copy(cur, "tmp_limits", names, cols)
+        self._copy(cur, "tmp_limits", names, cols, "qhqddd")
         cur.execute(f"INSERT INTO limits ({names}) SELECT DISTINCT ON (oid, band, tkey) {names} FROM tmp_limits ORDER "
                     f"BY oid, band, tkey, limit_mag DESC {self.limits_upsert_tail()}")
 
@@ -121,6 +123,27 @@ class PostgresHistoryStore(HistoryStore):
         cur.execute("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = "
                     "c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'")
         return int(cur.fetchone()[0] or 0)
+
+
+_PG_TYPES = {"q": (">i8", 8), "h": (">i2", 2), "d": (">f8", 8)}
+#: PostgreSQL's binary COPY signature, flags and header-extension length; the trailer.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+
+
+def binary_copy(cols: tuple[np.ndarray, ...], types: str) -> bytes:
+    """Rows of ``cols`` in PostgreSQL's binary COPY format: per row a 16-bit field count, then per
+    field a 32-bit length and the big-endian value (no NULLs here)."""
+    n = len(cols[0])
+    fields: list[tuple[str, str]] = [("count", ">i2")]
+    for i, t in enumerate(types):
+        fields += [(f"len{i}", ">i4"), (f"v{i}", _PG_TYPES[t][0])]
+    rows = np.empty(n, dtype=np.dtype(fields))
+    rows["count"] = len(types)
+    for i, (t, col) in enumerate(zip(types, cols, strict=True)):
+        rows[f"len{i}"] = _PG_TYPES[t][1]
+        rows[f"v{i}"] = col
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
 def _first_line(exc: BaseException) -> str:
