@@ -28,7 +28,8 @@ TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
 
 #: Every top-level key of the results JSON (the smoke test checks them; skipped parts hold None).
 TOP_KEYS: tuple[str, ...] = ("schema", "command", "mode", "started", "duration_s", "machine", "layout", "corpus",
-                             "bundle", "stages", "gzip", "kafka_clients", "floor", "e2e", "targets", "notes")
+                             "bundle", "stages", "gzip", "kafka_clients", "floor", "e2e", "history", "targets",
+                             "notes")
 #: Every stage key of one group in ``stages`` (per-alert microseconds).
 STAGE_KEYS: tuple[str, ...] = ("floor_fastavro_schemaless", "avro", "lightcurves", "decode", "features", "models",
                                "records", "cutouts", "output_encoding", "in_process_total")
@@ -202,6 +203,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append("| alerts (mean bytes) | " + " | ".join(
             f"{stages[g]['alerts']} ({stages[g]['mean_bytes']:,})" for g in groups) + " |")
         lines.append("")
+    lines += history_markdown(results.get("history"))
     kc = results.get("kafka_clients")
     if kc:
         lines += ["Kafka client CPU per alert in the worker's process (service settings, broker on the other core): "
@@ -226,6 +228,64 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += [f"- Corpus: {json.dumps(c.get('groups'))}; real alerts from {real}."]
     lines.append("")
     return "\n".join(lines)
+
+
+def history_markdown(h: Mapping[str, Any] | None) -> list[str]:
+    """The "History store" section: throughput with the stage off/on, the scaling curve, disk use."""
+    if not h:
+        return []
+    pg = h.get("postgresql") or {}
+    goals = h.get("goals") or {}
+    lines = ["## History store", "",
+             f"In-process `process_batch` over the corpus ({json.dumps(h.get('alerts_per_survey'))} alerts, batches "
+             f"of {h.get('batch')}, the shipped bundle, one core), median of {h.get('repeats')} passes interleaved "
+             "off / sqlite / postgresql; each pass on a fresh copy of its store. *empty*: the store holds nothing "
+             "yet (every object new, the corpus has about one alert per object); *prefilled*: the store already "
+             f"holds {h.get('points_per_object')} points of every corpus object, so every merge carries a long "
+             "history. SQLite: a file in a temporary folder, shipped settings. PostgreSQL: "
+             + (f"skipped ({pg['skipped']})." if pg.get("skipped") else
+                f"a local test server on cores {pg.get('server_cpus')} ({pg.get('settings')}: cheaper commits "
+                "than a durable deployment), its CPU not counted."), "",
+             "| store | survey | off (alerts/s) | sqlite (alerts/s) | sqlite / off | postgresql (alerts/s) "
+             "| postgresql / off |", "|---|---|---:|---:|---:|---:|---:|"]
+    for variant, surveys in (h.get("throughput") or {}).items():
+        for survey, row in surveys.items():
+            b = row["backends"]
+            cells = [_fmt((b.get("off") or {}).get("alerts_per_s"))]
+            for name in ("sqlite", "postgresql"):
+                r = b.get(name)
+                if r is None:
+                    cells += ["skipped", "n/a"]
+                    continue
+                met = "met" if r["met"] else "**missed**"
+                cells += [_fmt(r["alerts_per_s"]), f"{r['vs_off']:.2f} (goal >= {r['goal']:.2f}: {met})"]
+            lines.append(f"| {variant} | {survey} | " + " | ".join(cells) + " |")
+    lines += ["", f"Goals: SQLite >= {goals.get('sqlite', 0):.0%} of off, PostgreSQL >= "
+                  f"{goals.get('postgresql', 0):.0%} of off.", ""]
+    scaling = h.get("scaling") or {}
+    if scaling:
+        ran = "; ".join(f"{b} {[r['objects'] for r in v['sizes']]}" for b, v in scaling.items())
+        n = next(iter(scaling.values())).get("batch_alerts")
+        lines += [f"Scaling: one batch of {n} ZTF alerts of objects already stored (merge + write, median "
+                  f"of repeated batches of random objects) with {h.get('points_per_object')} points per stored object. "
+                  f"Sizes run: {ran} "
+                  f"(requested {h.get('sizes_requested')}).", "",
+                  "| store | objects | points | merge (ms) | write (ms) | batch (ms) | bytes per million points "
+                  "| build (points/s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for backend, v in scaling.items():
+            for r in v["sizes"]:
+                lines.append(f"| {backend} | {r['objects']:,} | {r['points']:,} | {_fmt(r['merge_ms'], 1)} | "
+                             f"{_fmt(r['write_ms'], 1)} | {_fmt(r['batch_ms'], 1)} | "
+                             f"{r['bytes_per_million_points']:,} | {_fmt(r['build_points_per_s'])} |")
+        lines.append("")
+        for backend, v in scaling.items():
+            f = v.get("flatness") or {}
+            if f.get("ratio_largest_to_smallest") is not None:
+                verdict = "flat (within 1.5x)" if f["flat"] else "**not flat**"
+                lines.append(f"- {backend}: batch latency at {f['objects'][1]:,} objects is "
+                             f"{f['ratio_largest_to_smallest']:.2f}x that at {f['objects'][0]:,}: {verdict}.")
+        lines.append("")
+    return lines
 
 
 def _brief(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,11 @@ Options: ``--quick`` (a ~1 minute smoke run: small corpus, fewer repeats, short 
 ``--alerts N`` (burst size, default 10,000), ``--repeats R`` (burst runs; the median is reported),
 ``--stage-alerts N`` (alerts per group for the per-stage table), ``--models DIR`` (a bundle other
 than the shipped one), ``--no-real`` (synthetic alerts only), ``--skip-e2e`` (in-process part only:
-no broker), ``--out DIR`` and ``--name NAME`` (default ``benchmarks/results/latest.{json,md}``).
+no broker), ``--out DIR`` and ``--name NAME`` (default ``benchmarks/results/latest.{json,md}``); the history store
+(:mod:`benchmarks.bench_history`): ``--skip-history``, ``--only-history`` (that section alone),
+``--history-alerts N`` (per survey), ``--history-repeats R``, ``--history-sizes 10000,100000`` (stored
+objects for the scaling curve; 10^6 objects of 200 points is 2x10^8 points: about 30 min to build on
+SQLite and over an hour on PostgreSQL on the 2-core machine, so it is not in the default).
 
 Order of work, and why: the corpus is built first (outside any timing); the in-process stage costs
 and the floor are measured pinned to the core the service worker will use, so that ratios between
@@ -26,8 +30,8 @@ from typing import Any
 
 import fastavro
 
+from . import bench_history, e2e, machine, report, stages
 from . import corpus as corpus_mod
-from . import e2e, machine, report, stages
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCHEMA_VERSION = 1
@@ -49,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-e2e", action="store_true", help="in-process measurements only (no broker)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--name", default="latest", help="results file stem (default latest)")
+    p.add_argument("--skip-history", action="store_true", help="no history store measurements")
+    p.add_argument("--only-history", action="store_true", help="the history store measurements alone")
+    p.add_argument("--history-alerts", type=int, default=None, help="alerts per survey (default 2000; quick 500)")
+    p.add_argument("--history-repeats", type=int, default=None, help="interleaved passes (default 5; quick 2)")
+    p.add_argument("--history-sizes", default=None,
+                   help="stored objects for the scaling curve, comma-separated (default 10000,100000; quick "
+                        "1000,10000)")
     a = p.parse_args(argv)
     q = a.quick
     a.alerts = a.alerts or (1500 if q else 10_000)
@@ -57,6 +68,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.stage_repeats = a.stage_repeats or (2 if q else 5)
     a.latency_seconds = a.latency_seconds or (6.0 if q else 20.0)
     a.scale_alerts = a.scale_alerts or int(a.alerts * 1.5)
+    a.history_alerts = a.history_alerts or (500 if q else 2000)
+    a.history_repeats = a.history_repeats or (2 if q else 5)
+    sizes = a.history_sizes or ("1000,10000" if q else "10000,100000")
+    a.history_sizes = sorted({int(float(x)) for x in sizes.split(",") if x.strip()})
+    if a.skip_history and a.only_history:
+        p.error("--skip-history and --only-history exclude each other")
     return a
 
 
@@ -119,6 +136,8 @@ def _main(argv: list[str] | None) -> int:
 
     n_ztf = max(args.alerts, args.scale_alerts if not args.skip_e2e else 0, 2 * args.stage_alerts)
     n_lsst = max(2 * args.stage_alerts, 0 if args.quick or args.skip_e2e else args.alerts // 2)
+    hist = 0 if args.skip_history else args.history_alerts
+    n_ztf, n_lsst = (hist, hist) if args.only_history else (max(n_ztf, hist), max(n_lsst, hist))
     t0 = time.time()
     corpus = corpus_mod.build(n_ztf, n_lsst, use_real=not args.no_real)
     results["corpus"] = corpus.describe() | {"build_s": round(time.time() - t0, 1)}
@@ -127,6 +146,9 @@ def _main(argv: list[str] | None) -> int:
     os.sched_setaffinity(0, set(mine))
     annotator, timed = stages.load_annotator(args.models)
     results["bundle"] = _bundle_info(annotator)
+    if args.only_history:
+        results["history"] = run_history(args, annotator, corpus, mine, other)
+        return _finish(args, results, t_start, ["Only the history store was measured (--only-history)."])
     results["stages"] = {}
     for survey in ("ztf", "lsst"):
         for source in ("real", "synthetic"):
@@ -140,6 +162,8 @@ def _main(argv: list[str] | None) -> int:
     burst_packets = corpus.group("ztf")[: args.alerts]
     results["floor"] = measure_floor(burst_packets, 3 if not args.quick else 1)
     print(f"floor: {results['floor']}", flush=True)
+    if not args.skip_history:
+        results["history"] = run_history(args, annotator, corpus, mine, other)
 
     notes = [
         "The floor and the stage costs were measured in the benchmark process pinned to the worker's core, on the "
@@ -161,6 +185,12 @@ def _main(argv: list[str] | None) -> int:
     else:
         results["e2e"] = {"burst": None, "latency": None, "scaling": None}
         notes.append("End-to-end runs skipped (--skip-e2e).")
+    if args.skip_history:
+        notes.append("History store measurements skipped (--skip-history).")
+    return _finish(args, results, t_start, notes)
+
+
+def _finish(args: argparse.Namespace, results: dict[str, Any], t_start: float, notes: list[str]) -> int:
     results["notes"] = notes
     results["layout"]["load_average_end"] = machine.load_average()
     results["duration_s"] = round(time.time() - t_start, 1)
@@ -169,6 +199,18 @@ def _main(argv: list[str] | None) -> int:
     print(report.markdown(results))
     print(f"wrote {jp} and {mp}")
     return 0
+
+
+def run_history(args: argparse.Namespace, annotator: Any, corpus: corpus_mod.Corpus, mine: list[int],
+                other: list[int]) -> dict[str, Any]:
+    """The history store section (:mod:`benchmarks.bench_history`): throughput with the stage off,
+    on SQLite and on PostgreSQL (its server on the other cores), and the scaling curve."""
+    t0 = time.time()
+    out = bench_history.run(annotator, corpus, alerts=args.history_alerts, repeats=args.history_repeats,
+                            sizes=args.history_sizes, scale_repeats=3 if args.quick else 7, worker_cpus=mine,
+                            server_cpus=other)
+    out["duration_s"] = round(time.time() - t0, 1)
+    return out
 
 
 def run_e2e(args: argparse.Namespace, corpus: corpus_mod.Corpus, burst_packets: list[corpus_mod.Packet],

@@ -18,8 +18,8 @@ from benchmarks import report, run
 
 
 def test_quick_in_process_benchmark_writes_every_key(tmp_path: Path) -> None:
-    code = run.main(["--quick", "--skip-e2e", "--stage-alerts", "4", "--stage-repeats", "1", "--alerts", "8",
-                     "--out", str(tmp_path), "--name", "smoke"])
+    code = run.main(["--quick", "--skip-e2e", "--skip-history", "--stage-alerts", "4", "--stage-repeats", "1",
+                     "--alerts", "8", "--out", str(tmp_path), "--name", "smoke"])
     assert code == 0
     results = json.loads((tmp_path / "smoke.json").read_text())
     assert set(report.TOP_KEYS) <= set(results)
@@ -36,3 +36,24 @@ def test_quick_in_process_benchmark_writes_every_key(tmp_path: Path) -> None:
     assert keys == [t[0] for t in report.TARGETS]
     table = (tmp_path / "smoke.md").read_text()
     assert "## Targets" in table and "## Where the time goes" in table
+
+
+def test_history_section_runs_on_a_handful_of_alerts(tmp_path: Path) -> None:
+    code = run.main(["--quick", "--only-history", "--history-alerts", "6", "--history-repeats", "1",
+                     "--history-sizes", "20,40", "--out", str(tmp_path), "--name", "hist"])
+    assert code == 0
+    results = json.loads((tmp_path / "hist.json").read_text())
+    assert set(report.TOP_KEYS) <= set(results)
+    h = results["history"]
+    pg_skipped = h["postgresql"]["skipped"]
+    backends = {"off", "sqlite"} | (set() if pg_skipped else {"postgresql"})
+    for variant in ("empty", "prefilled"):
+        for survey in ("ztf", "lsst"):
+            got = h["throughput"][variant][survey]["backends"]
+            assert set(got) == backends
+            assert all(got[b]["alerts_per_s"] > 0 and got[b]["vs_off"] > 0 for b in backends - {"off"})
+    for backend in backends - {"off"}:
+        sizes = h["scaling"][backend]["sizes"]
+        assert [r["objects"] for r in sizes] == [20, 40]
+        assert all(r["points"] >= r["objects"] * h["points_per_object"] and r["bytes"] > 0 for r in sizes)
+    assert "## History store" in (tmp_path / "hist.md").read_text()
