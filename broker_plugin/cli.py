@@ -36,7 +36,7 @@ Registrar = Callable[[Any], None]
 SUBCOMMANDS: dict[str, str | Registrar] = {
     "replay": "broker_plugin.files.replay:add_parser",
     "history": "broker_plugin.files.history_commands:add_parser",
-    "run": "broker_plugin.stream.service:add_parser",
+    "run": "broker_plugin.stream.run_command:add_parser",
     "broker": "broker_plugin.broker.embedded:add_parser",
     "publish": "broker_plugin.broker.publish:add_parser",
 }

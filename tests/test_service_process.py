@@ -242,6 +242,62 @@ def test_a_dead_worker_is_restarted_and_the_others_keep_running(kafka_broker: Em
 
 
 @pytest.mark.timeout(60)
+def test_sigterm_during_start_up_exits_0_promptly(tmp_path: Path) -> None:
+    """The history store is not up yet, so start-up waits for it (up to 60 s): SIGTERM ends it at once."""
+    pytest.importorskip("psycopg")
+    from broker_plugin.broker.embedded import find_free_port
+
+    path = tmp_path / "config.yaml"
+    path.write_text("kafka:\n  input_topics: [a]\nhistory:\n  backend: postgresql\n"
+                    f"  url: postgresql://bal@127.0.0.1:{find_free_port()}/bal\n"
+                    "observability:\n  metrics_port: 0\n  log_format: json\n")
+    log_path = tmp_path / "start.log"
+    with open(log_path, "wb") as log_file:
+        proc = _start(path, stderr=log_file)
+        wait_for(lambda: "not reachable yet" in log_path.read_text(), 30, "the start-up waiting for its store")
+        code, took = _stop(proc, within=5.0)
+    assert code == 0 and took < 5.0, log_path.read_text()[-2000:]
+    assert "stopped during start-up" in log_path.read_text()
+
+
+@pytest.mark.timeout(90)
+def test_stop_ends_within_10_s_with_outputs_never_acknowledged(ztf_alerts: list[tuple[str, bytes]]) -> None:
+    """The broker dies while a batch is being annotated, so its outputs are never acknowledged: the
+    drain's flush and the revocation's flush share one deadline (they took 6 s each before)."""
+    from broker_plugin.models.annotate import Annotator
+    from broker_plugin.stream.service import Service
+    from tests.service_helpers import FakeStage, ServiceThread
+
+    broker = EmbeddedBroker().start()
+    entered = threading.Event()
+
+    class SlowStage(FakeStage):
+        def predict(self, features: Any, alerts: Any) -> Any:
+            entered.set()
+            time.sleep(2.0)  # the broker is stopped meanwhile
+            return super().predict(features, alerts)
+
+    try:
+        topic = unique_name("unacked")
+        broker.create_topics([topic], partitions=1)
+        produce(broker.bootstrap, topic, [(_key(d), d) for _, d in ztf_alerts[:40]])
+        cfg = make_config(broker.bootstrap, topic, processing={"batch_size": 40},
+                          observability={"unacked_timeout_s": 60.0})
+        service = Service(cfg, annotator=Annotator(SlowStage()))
+        with ServiceThread(service) as st:
+            wait_for(entered.is_set, 40, "the first batch")
+            broker.stop()
+            wait_for(lambda: service.stats.batches >= 1, 20, "the batch handed to the producer")
+            assert service.stats.produced_out == 0  # nothing acknowledged: the broker is gone
+            t0 = time.monotonic()
+            st.stop(timeout=20.0)
+            took = time.monotonic() - t0
+    finally:
+        broker.stop()
+    assert took < 10.0, f"stop took {took:.1f} s"
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(("text", "needle"), [
     ("kafka:\n  input_topics: [a]\n  bootstrap_server: x\n", "unknown configuration key kafka.bootstrap_server"),
     ("kafka:\n  input_topics: [a]\nprocessing:\n  batch_size: lots\n", "processing.batch_size"),

@@ -70,9 +70,9 @@ class _Member:
 
 
 def with_retries(fn: Callable[[], T], *, deadline_s: float, on_retry: Callable[[int, StoreError, float], None],
-                 sleep: Callable[[float], object] = time.sleep) -> T:
+                 sleep: Callable[[float], object] = time.sleep, stopped: Callable[[], bool] = lambda: False) -> T:
     """``fn()``, retried with exponential backoff (0.5 s doubling to 10 s) while it raises
-    :class:`StoreError`, until ``deadline_s`` has passed; then the last error is raised."""
+    :class:`StoreError`, until ``deadline_s`` has passed or ``stopped()``; then the last error is raised."""
     start = time.monotonic()
     attempt = 0
     while True:
@@ -81,10 +81,12 @@ def with_retries(fn: Callable[[], T], *, deadline_s: float, on_retry: Callable[[
         except StoreError as exc:
             attempt += 1
             delay = min(10.0, 0.5 * 2 ** (attempt - 1))
-            if time.monotonic() - start + delay > deadline_s:
+            if time.monotonic() - start + delay > deadline_s or stopped():
                 raise
             on_retry(attempt, exc, delay)
             sleep(delay)
+            if stopped():
+                raise
 
 
 class HistoryStage:

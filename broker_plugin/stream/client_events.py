@@ -38,6 +38,16 @@ class KafkaCallbacks:
             "partitions": [f"{tp.topic}/{tp.partition}" for tp in partitions]})
         self.stalls.assign(partitions)
 
+    _drain_deadline: float | None = None
+
+    def _drain_left(self) -> float:
+        """Seconds a flush may wait: DRAIN_TIMEOUT_S, or what is left of the shutdown's one deadline
+        (the drain's own flush and the revocation that closing the consumer triggers share it, so
+        SIGTERM ends within ~10 s even with outputs that are never acknowledged)."""
+        if self._drain_deadline is None:
+            return DRAIN_TIMEOUT_S
+        return max(0.0, self._drain_deadline - time.monotonic())
+
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         """Before losing partitions: finish their outputs, store and commit, so the next owner starts
         exactly after what we produced."""
@@ -45,7 +55,7 @@ class KafkaCallbacks:
 
         self.stalls.revoke(partitions)
         try:
-            left = self.producer.flush(DRAIN_TIMEOUT_S) if self.producer is not None else 0
+            left = self.producer.flush(self._drain_left()) if self.producer is not None else 0
             self._store()
             if not self.exactly_once:
                 try:

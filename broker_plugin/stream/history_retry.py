@@ -13,6 +13,7 @@ whose history was not written; no crash, no restart loop.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,12 +30,14 @@ MAX_BACKOFF_S = 30.0
 STARTUP_RETRY_S = 60.0
 
 
-def open_history(cfg: ServiceConfig, *, retry_s: float = STARTUP_RETRY_S) -> HistoryStage | None:
+def open_history(cfg: ServiceConfig, *, retry_s: float = STARTUP_RETRY_S,
+                 stop: threading.Event | None = None) -> HistoryStage | None:
     """The history stage the configuration asks for (None for ``history.backend: none``).
 
     A store that cannot be reached yet (a database still starting beside the service) is retried
     with backoff and a WARNING for ``retry_s``; then, or at once for a store of a newer schema or a
     file that is no database, :class:`~broker_plugin.errors.ConfigError` (one line, exit 2).
+    ``stop`` (SIGTERM) cuts the wait short: the last error is raised at once.
     """
     h = cfg.history
     if h.backend == "none":
@@ -45,8 +48,9 @@ def open_history(cfg: ServiceConfig, *, retry_s: float = STARTUP_RETRY_S) -> His
         log.warning("history store not reachable yet (attempt %d): %s; retrying in %.1f s", attempt, exc, delay,
                     extra={"event": "history_unavailable", "failures": attempt})
 
+    wait = stop if stop is not None else threading.Event()
     store = with_retries(lambda: open_store(spec, radius_arcsec=h.radius_arcsec, cross_survey=h.cross_survey),
-                         deadline_s=retry_s, on_retry=on_retry)
+                         deadline_s=retry_s, on_retry=on_retry, sleep=wait.wait, stopped=wait.is_set)
     return HistoryStage(store, window_days=h.window_days)
 
 

@@ -55,20 +55,17 @@ the batch back), on the plain pieces ``offsets``, ``error_budget``, ``outputs`` 
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker_plugin import __version__
-from broker_plugin.config import ServiceConfig, load_config
-from broker_plugin.errors import BalBrokerError, ConfigError
+from broker_plugin.config import ServiceConfig
+from broker_plugin.errors import BalBrokerError
 from broker_plugin.history import StoreError
 from broker_plugin.pipeline import INTERNAL_ERROR
-from broker_plugin.stream.client_check import check_client_settings
 from broker_plugin.stream.client_events import DRAIN_TIMEOUT_S, KafkaCallbacks
 from broker_plugin.stream.clients import STATS_INTERVAL_MS, KafkaClients, secrets_of
 from broker_plugin.stream.delivery import PRODUCE_RETRIES, AtLeastOnceDelivery
@@ -83,7 +80,7 @@ from broker_plugin.stream.step import Step
 from broker_plugin.stream.stop import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, ServiceStop
 from broker_plugin.stream.time_range import TimeRange, TimeRangeMode
 from broker_plugin.stream.transactions import MAX_TXN_FAILURES, ExactlyOnceDelivery
-from broker_plugin.stream.workers import WORKER_ENV, run_workers, worker_from_env
+from broker_plugin.stream.workers import WORKER_ENV, worker_from_env
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +91,7 @@ PROGRESS_INTERVAL_S = 10.0
 __all__ = [
     "DRAIN_TIMEOUT_S", "EXIT_INPUT", "EXIT_INTERNAL", "EXIT_OK", "MAX_TXN_FAILURES", "PRODUCE_RETRIES",
     "STATS_INTERVAL_MS", "WORKER_ENV", "ErrorBudget", "OffsetTracker", "Output", "Service", "ServiceStats",
-    "ServiceStop", "TimeRange", "Work", "add_parser", "dlq_headers", "source_of", "worker_from_env",
+    "ServiceStop", "TimeRange", "Work", "dlq_headers", "source_of", "worker_from_env",
 ]
 
 
@@ -114,7 +111,7 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
 
     def __init__(self, cfg: ServiceConfig, *, consumer: Any = None, producer: Any = None,
                  annotator: Any = None, metrics: Any = None, worker: tuple[int, int] = (0, 1),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stop: threading.Event | None = None) -> None:
         from broker_plugin.models.annotate import Annotator, load_model_stage
         from broker_plugin.stream.kafka_output import OutputEncoder
         from broker_plugin.stream.metrics import Metrics
@@ -129,7 +126,9 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
             annotator = Annotator(load_model_stage(cfg.models.bundle,
                                                    candidate_threshold=cfg.processing.candidate_threshold))
         self.annotator = annotator
-        self.history = open_history(cfg)  # a wrong store URL or a newer schema: exit 2 before connecting
+        self.stop_event = stop if stop is not None else threading.Event()  # SIGTERM during start-up too
+        # a wrong store URL or a newer schema: exit 2 before connecting; waits for a store still starting
+        self.history = open_history(cfg, stop=self.stop_event)
         self.encoder = OutputEncoder(drop_cutouts=cfg.processing.drop_cutouts, registry_url=k.schema_registry_url,
                                      subject=f"{k.output_topic}-value", max_bytes=k.output_max_bytes)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -154,7 +153,6 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
         self._txn_failures = 0
         self._empty_polls = 0
         self._started = False
-        self.stop_event = threading.Event()
         self.stop_reason: str | None = None
         self._last_progress = clock()
         self._progress_base = 0
@@ -313,8 +311,9 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
 
         t0 = time.monotonic()
         try:
+            self._drain_deadline = t0 + DRAIN_TIMEOUT_S  # one deadline for every flush of the drain
             if self.producer is not None:
-                left = self.producer.flush(DRAIN_TIMEOUT_S)
+                left = self.producer.flush(self._drain_left())
                 if left:
                     log.warning("%d outputs unacknowledged after %.0f s at shutdown; their inputs stay "
                                 "uncommitted and will be processed again", left, DRAIN_TIMEOUT_S)
@@ -372,44 +371,3 @@ class Service(TimeRangeMode, AtLeastOnceDelivery, ExactlyOnceDelivery, KafkaCall
         finally:
             self.tear_down()
         return code
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``bal-broker run --config FILE [--workers N]`` (see :mod:`broker_plugin.cli`)."""
-    p = subparsers.add_parser(
-        "run", help="the streaming service: consume alerts, annotate, produce (until SIGTERM)",
-        description="Consume alerts from Kafka, annotate them and produce annotated alerts, BAL candidates and "
-                    "dead letters, until SIGTERM/SIGINT (or the end of processing.time_to). Settings come from "
-                    "--config and BAL_BROKER__SECTION__KEY environment variables.")
-    p.add_argument("--config", metavar="FILE", default=None, help="YAML configuration (see deploy/)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N worker processes in the same consumer group (default 1)")
-    p.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from broker_plugin.stream.logs import setup_logging
-
-    if args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    cfg = load_config(args.config)
-    check_client_settings(cfg)  # librdkafka's verdict on the settings: one line, exit 2, before any start
-    if args.workers > 1:
-        setup_logging(cfg.observability.log_level, cfg.observability.log_format)
-        return run_workers(args.config, args.workers, cfg)
-    setup_logging(cfg.observability.log_level, cfg.observability.log_format)
-    service = Service(cfg, worker=worker_from_env())  # loads the model bundle: BundleError -> exit 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: draining", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return service.run(stop)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
