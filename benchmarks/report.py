@@ -28,11 +28,16 @@ TARGETS: tuple[tuple[str, str, str, float, str], ...] = (
 
 #: Every top-level key of the results JSON (the smoke test checks them; skipped parts hold None).
 TOP_KEYS: tuple[str, ...] = ("schema", "command", "mode", "started", "duration_s", "machine", "layout", "corpus",
-                             "bundle", "stages", "gzip", "kafka_clients", "floor", "e2e", "history", "targets",
-                             "notes")
+                             "bundle", "stages", "gzip", "kafka_clients", "floor", "e2e", "history", "hostile",
+                             "targets", "notes")
 #: Every stage key of one group in ``stages`` (per-alert microseconds).
 STAGE_KEYS: tuple[str, ...] = ("floor_fastavro_schemaless", "avro", "lightcurves", "decode", "features", "models",
                                "records", "cutouts", "output_encoding", "in_process_total")
+
+
+def target_value(key: str) -> float:
+    """The goal of one of :data:`TARGETS` (e.g. ``peak_rss_mb``), for sections that compare with it."""
+    return next(t[3] for t in TARGETS if t[0] == key)
 
 
 def _ok(value: float | None, op: str, target: float) -> bool | None:
@@ -204,6 +209,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"{stages[g]['alerts']} ({stages[g]['mean_bytes']:,})" for g in groups) + " |")
         lines.append("")
     lines += history_markdown(results.get("history"))
+    lines += hostile_markdown(results.get("hostile"))
     kc = results.get("kafka_clients")
     if kc:
         lines += ["Kafka client CPU per alert in the worker's process (service settings, broker on the other core): "
@@ -285,6 +291,32 @@ def history_markdown(h: Mapping[str, Any] | None) -> list[str]:
                 lines.append(f"- {backend}: batch latency at {f['objects'][1]:,} objects is "
                              f"{f['ratio_largest_to_smallest']:.2f}x that at {f['objects'][0]:,}: {verdict}.")
         lines.append("")
+    return lines
+
+
+def hostile_markdown(h: Mapping[str, Any] | None) -> list[str]:
+    """The "Hostile cutouts" section (:mod:`benchmarks.bench_hostile`): peak RSS, ordinary vs bomb batch."""
+    if not h:
+        return []
+    o, b, lim, bomb, goal = h["ordinary"], h["hostile"], h["limits"], h["bomb"], h["goal"]
+    lines = ["## Hostile cutouts (peak RSS)", "",
+             f"One `process_batch` of {h['alerts']} synthetic ZTF alerts, each in a fresh process after the same "
+             f"warm-up ({h['warmup']['passes']} batches of {h['warmup']['alerts']} ordinary alerts), the shipped "
+             f"bundle; *hostile*: all {bomb['stamps_per_alert']} stamps of every alert are a gzip bomb "
+             f"({bomb['side']}x{bomb['side']} float32 zeros, {bomb['gzip_bytes']:,} bytes of gzip, "
+             f"{bomb['inflated_mb_per_stamp']} MiB inflated; {bomb['unbounded_inflated_gb_per_batch']} GB for "
+             f"the batch unbounded). Limits in force: max_stamp_pixels {lim['max_stamp_pixels']:,}, "
+             f"batch_inflated_bytes {lim['batch_inflated_bytes']:,}.", "",
+             "| batch | input (MB) | peak RSS (MB) | peak after warm-up (MB) | batch (s) | records | flagged "
+             "(size / budget) | rejects |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in (("ordinary", o), ("hostile", b)):
+        lines.append(f"| {name} | {r['input_mb']:,.1f} | {r['peak_rss_mb']:,.1f} | "
+                     f"{r['peak_rss_after_warmup_mb']:,.1f} | {r['batch_s']:.2f} | {r['records']} | "
+                     f"{r['flagged']} ({r['flagged_size']} / {r['flagged_budget']}) | {r['rejects']} |")
+    met = "met" if goal["met"] else "**missed**"
+    lines += ["", f"Difference: {h['peak_rss_diff_mb']:+,.1f} MB of peak RSS ({h['input_diff_mb']:+,.1f} MB of it "
+                  f"is the larger input messages themselves). Goal: the hostile batch within ~{goal['diff_mb']:g} MB "
+                  f"of the ordinary one and under the {goal['peak_rss_mb']:g} MB peak-RSS goal: {met}.", ""]
     return lines
 
 

@@ -8,7 +8,9 @@ no broker), ``--out DIR`` and ``--name NAME`` (default ``benchmarks/results/late
 (:mod:`benchmarks.bench_history`): ``--skip-history``, ``--only-history`` (that section alone),
 ``--history-alerts N`` (per survey), ``--history-repeats R``, ``--history-sizes 10000,100000`` (stored
 objects for the scaling curve; 10^6 objects of 200 points is 2x10^8 points: about 30 min to build on
-SQLite and over an hour on PostgreSQL on the 2-core machine, so it is not in the default).
+SQLite and over an hour on PostgreSQL on the 2-core machine, so it is not in the default); the hostile
+cutouts (:mod:`benchmarks.bench_hostile`, peak RSS with a batch of cutout bombs, runs in ``--quick`` too):
+``--skip-hostile``, ``--hostile-alerts N`` (alerts per batch, default 500).
 
 Order of work, and why: the corpus is built first (outside any timing); the in-process stage costs
 and the floor are measured pinned to the core the service worker will use, so that ratios between
@@ -30,7 +32,7 @@ from typing import Any
 
 import fastavro
 
-from . import bench_history, e2e, machine, report, stages
+from . import bench_history, bench_hostile, e2e, machine, report, stages
 from . import corpus as corpus_mod
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -60,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--history-sizes", default=None,
                    help="stored objects for the scaling curve, comma-separated (default 10000,100000; quick "
                         "1000,10000)")
+    p.add_argument("--skip-hostile", action="store_true", help="no peak-RSS run with a batch of cutout bombs")
+    p.add_argument("--hostile-alerts", type=int, default=500, help="alerts per batch of the hostile section")
     a = p.parse_args(argv)
     q = a.quick
     a.alerts = a.alerts or (1500 if q else 10_000)
@@ -164,6 +168,12 @@ def _main(argv: list[str] | None) -> int:
     print(f"floor: {results['floor']}", flush=True)
     if not args.skip_history:
         results["history"] = run_history(args, annotator, corpus, mine, other)
+    if not args.skip_hostile:
+        results["hostile"] = bench_hostile.run(args.hostile_alerts, corpus,
+                                               peak_goal_mb=report.target_value("peak_rss_mb"))
+        h = results["hostile"]
+        print(f"hostile: peak RSS ordinary {h['ordinary']['peak_rss_mb']} MB, hostile {h['hostile']['peak_rss_mb']} MB "
+              f"({h['peak_rss_diff_mb']:+} MB), {h['hostile']['flagged']} flagged", flush=True)
 
     notes = [
         "The floor and the stage costs were measured in the benchmark process pinned to the worker's core, on the "
@@ -187,6 +197,8 @@ def _main(argv: list[str] | None) -> int:
         notes.append("End-to-end runs skipped (--skip-e2e).")
     if args.skip_history:
         notes.append("History store measurements skipped (--skip-history).")
+    if args.skip_hostile:
+        notes.append("Hostile cutouts (peak RSS with cutout bombs) skipped (--skip-hostile).")
     return _finish(args, results, t_start, notes)
 
 

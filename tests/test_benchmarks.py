@@ -19,7 +19,7 @@ from benchmarks import report, run
 
 def test_quick_in_process_benchmark_writes_every_key(tmp_path: Path) -> None:
     code = run.main(["--quick", "--skip-e2e", "--skip-history", "--stage-alerts", "4", "--stage-repeats", "1",
-                     "--alerts", "8", "--out", str(tmp_path), "--name", "smoke"])
+                     "--alerts", "8", "--hostile-alerts", "4", "--out", str(tmp_path), "--name", "smoke"])
     assert code == 0
     results = json.loads((tmp_path / "smoke.json").read_text())
     assert set(report.TOP_KEYS) <= set(results)
@@ -34,8 +34,13 @@ def test_quick_in_process_benchmark_writes_every_key(tmp_path: Path) -> None:
     assert set(results["e2e"]) >= {"burst", "latency", "scaling"}  # skipped: present, None
     keys = [row["key"] for row in results["targets"]]
     assert keys == [t[0] for t in report.TARGETS]
+    hostile = results["hostile"]
+    assert hostile["alerts"] == 4 and set(hostile["limits"]) == {"max_stamp_pixels", "batch_inflated_bytes"}
+    for name in ("ordinary", "hostile"):
+        assert hostile[name]["records"] == 4 and hostile[name]["rejects"] == 0 and hostile[name]["peak_rss_mb"] > 0
+    assert hostile["ordinary"]["flagged"] == 0 and hostile["hostile"]["flagged"] == 4  # every bomb alert flagged
     table = (tmp_path / "smoke.md").read_text()
-    assert "## Targets" in table and "## Where the time goes" in table
+    assert "## Targets" in table and "## Where the time goes" in table and "## Hostile cutouts" in table
 
 
 def test_history_section_runs_on_a_handful_of_alerts(tmp_path: Path) -> None:
