@@ -30,3 +30,17 @@ def test_a_registry_error_never_shows_the_password() -> None:
     with pytest.raises(Exception) as err:
         client.register("subject-value", "{\"type\": \"string\"}")
     assert "s3cr3t-value" not in str(err.value)
+
+
+def test_registry_credentials_are_registered_secrets_and_stay_out_of_dlq_messages() -> None:
+    from broker_plugin.config import load_config
+    from broker_plugin.decode.schemas import RegistryClient
+    from broker_plugin.errors import DecodeError
+    from broker_plugin.stream.clients import secrets_of
+
+    url = "http://reader:very-secret-pw@127.0.0.1:9/registry"
+    cfg = load_config(overrides={"kafka": {"input_topics": ["t"], "schema_registry_url": url}}, environ={})
+    assert "very-secret-pw" in secrets_of(cfg)
+    with pytest.raises(DecodeError) as err:
+        RegistryClient(url, timeout_s=0.5).get(4242)
+    assert "very-secret-pw" not in str(err.value) and "reader:***@" in str(err.value)

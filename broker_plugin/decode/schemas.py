@@ -37,6 +37,7 @@ from fastavro import parse_schema
 from fastavro.schema import SchemaParseException, UnknownType, load_schema
 
 from broker_plugin.errors import DecodeError
+from broker_plugin.redact import redact_url
 
 from .avro import parse_metadata
 from .fastread import CompiledReader
@@ -392,7 +393,9 @@ class RegistryClient:
                 body = json.loads(resp.read())
             schema_json = body["schema"]
         except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
-            msg = f"schema id {sid} is not shipped by lsst-alert-packet and the registry at {endpoint} failed: {exc}"
+            # the message becomes the DLQ header bal_error_message: never the URL's credentials
+            msg = (f"schema id {sid} is not shipped by lsst-alert-packet and the registry at {redact_url(endpoint)} "
+                   f"failed: {exc}")
             if len(self._failed) >= MAX_CACHED_SCHEMAS:  # corrupt ids must not grow the cache
                 self._failed.clear()
             self._failed[sid] = (time.monotonic(), msg[:400])

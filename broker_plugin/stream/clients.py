@@ -9,7 +9,6 @@ mixed into the service.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Any
 from broker_plugin import __version__
 from broker_plugin.config import ServiceConfig
 from broker_plugin.pipeline import settle_heap
+from broker_plugin.redact import url_secrets
 from broker_plugin.stream.kafka_errors import is_fatal
 from broker_plugin.stream.logs import rate_limit
 from broker_plugin.stream.stop import EXIT_INPUT, EXIT_OK, ServiceStop
@@ -163,12 +163,7 @@ def secrets_of(cfg: ServiceConfig) -> list[str]:
 
     k = cfg.kafka
     out = [v for v in (k.sasl_password, k.ssl_key_password) if v]
-    if cfg.history.url:
-        from urllib.parse import urlsplit
-
-        with contextlib.suppress(ValueError):
-            if password := urlsplit(cfg.history.url).password:
-                out.append(password)
+    out += url_secrets(cfg.history.url) + url_secrets(k.schema_registry_url)  # user:password@ in URLs
     for extra in (k.consumer_extra, k.producer_extra):
         out += [str(v) for key, v in extra.items() if v is not None and is_secret_key(str(key))]
     return out
