@@ -2,9 +2,11 @@
 
 Why it is shaped like this: an offset is *stored* only when every output of its message (and of
 every earlier message of its partition) has been acknowledged (:class:`~broker_plugin.stream.offsets.OffsetTracker`);
-librdkafka auto-commits stored offsets. A failed output is retried (``PRODUCE_RETRIES``, except for
-errors no retry can fix), then its input goes to the DLQ with reason ``produce_failed``; if the DLQ
-refuses it too, the service stops with status 1 and that offset is never stored.
+librdkafka auto-commits stored offsets. A failed output's input goes to the DLQ with reason
+``produce_failed``; if the DLQ refuses it too, the service stops with status 1 and that offset is
+never stored. There is no application-level retry: librdkafka retries every message itself until
+``delivery.timeout.ms`` (idempotently, in order), so an error in a delivery report means its retries
+are spent or no retry can help; a second round from here only doubled the wait (and was untested).
 
 Sizes: no single message may stop a partition. An input over ``kafka.input_max_bytes`` is never
 decoded (:meth:`AtLeastOnceDelivery._oversized_input`: a dead-letter stub, ``message_too_large``); a
@@ -21,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from broker_plugin.stream.kafka_errors import PERMANENT_PRODUCE_ERRORS, SIZE_ERRORS, error_name, error_text
+from broker_plugin.stream.kafka_errors import SIZE_ERRORS, error_name, error_text
 from broker_plugin.stream.offsets import OffsetTracker, _Entry
 from broker_plugin.stream.outputs import Output, Work, dlq_headers, dlq_stub, fit_dead_letter
 from broker_plugin.stream.stop import ServiceStop
@@ -29,8 +31,9 @@ from broker_plugin.stream.stop import ServiceStop
 #: The service's logger: these lines are the service's, whichever module holds the code.
 log = logging.getLogger("broker_plugin.stream.service")
 
-#: Extra attempts to produce one output after a (retriable) delivery failure before dead-lettering.
-PRODUCE_RETRIES = 2
+#: Application-level attempts after a failed delivery report: none (librdkafka's own retries are
+#: spent by then); kept as a name because the service module exports it.
+PRODUCE_RETRIES = 0
 
 
 class AtLeastOnceDelivery:
@@ -67,14 +70,14 @@ class AtLeastOnceDelivery:
             m = w.msg
             entry = self.tracker.begin(m.topic(), m.partition(), m.offset(), len(w.outputs), m)
             for out in w.outputs:
-                self._send(out, entry, 0)
+                self._send(out, entry)
         self.producer.poll(0)
 
-    def _send(self, out: Output, entry: _Entry, attempt: int) -> None:
+    def _send(self, out: Output, entry: _Entry) -> None:
         from confluent_kafka import KafkaException
 
         def on_delivery(err: Any, _msg: Any) -> None:
-            self._delivered(err, out, entry, attempt)
+            self._delivered(err, out, entry)
 
         while True:
             try:
@@ -84,10 +87,10 @@ class AtLeastOnceDelivery:
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self.producer.poll(0.1)
             except KafkaException as exc:  # refused before sending (e.g. larger than message.max.bytes)
-                self._delivered(exc.args[0] if exc.args else exc, out, entry, attempt)
+                self._delivered(exc.args[0] if exc.args else exc, out, entry)
                 return
 
-    def _delivered(self, err: Any, out: Output, entry: _Entry, attempt: int) -> None:
+    def _delivered(self, err: Any, out: Output, entry: _Entry) -> None:
         """Delivery report (or produce-time refusal) of one output."""
         if err is None:
             self._count_acked(out.kind)
@@ -97,10 +100,6 @@ class AtLeastOnceDelivery:
         text = error_text(err)
         if name in SIZE_ERRORS and not out.reduced:
             self._send_smaller(out, entry, text)
-            return
-        if attempt < PRODUCE_RETRIES and name not in PERMANENT_PRODUCE_ERRORS:
-            self._log_rate_limited(f"produce-{name}", "producing to %s failed (%s); retrying", out.topic, text)
-            self._send(out, entry, attempt + 1)
             return
         if out.kind == "dlq":  # nowhere left to put the message: stop; its offset is never stored
             if self._fatal is None:
@@ -117,7 +116,7 @@ class AtLeastOnceDelivery:
                                out.topic, len(out.value), text,
                                "as a stub" if out.kind == "dlq" else "without cutouts")
         if out.kind == "dlq":
-            self._send(dlq_stub(out), entry, 0)
+            self._send(dlq_stub(out), entry)
             return
         try:
             value = self.encoder.shrink(entry.source.value() or b"", out.value)
@@ -125,7 +124,7 @@ class AtLeastOnceDelivery:
             self._dead_letter_input(out, entry, "MSG_SIZE_TOO_LARGE", f"{text}; without cutouts: {exc}",
                                     "output_too_large")
             return
-        self._send(Output(out.topic, out.key, value, out.headers, out.kind, reduced=True), entry, 0)
+        self._send(Output(out.topic, out.key, value, out.headers, out.kind, reduced=True), entry)
 
     def _count_acked(self, kind: str) -> None:
         """One acknowledged output of ``kind``; published by the service's ``_flush_counts``."""
@@ -154,7 +153,7 @@ class AtLeastOnceDelivery:
         self.stats.rejected += 1
         self.stats.reasons[reason] += 1
         self.metrics.reject(reason)
-        self._send(self._dlq(src, "KafkaError", reason, f"{out.topic}: {text}", "produce"), entry, 0)
+        self._send(self._dlq(src, "KafkaError", reason, f"{out.topic}: {text}", "produce"), entry)
 
     def _store(self) -> None:
         """Store the offsets whose acknowledged run grew (exactly_once: they go through the transaction)."""
