@@ -17,8 +17,11 @@ Exit status (DESIGN.md): 0 success; 2 bad usage, configuration or input -- one l
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import importlib.metadata
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -97,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: OSError numbers that mean the environment failed (exit 1 with one line, no traceback).
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                                errno.EMFILE, errno.ENFILE})
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -125,6 +133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BalBrokerError as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `bal-broker ... | head`: the reader left; not an error of ours
+        with contextlib.suppress(OSError):
+            sys.stderr.close()
+        return 141
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # the machine, not the code: a full disk (replay's partial output is already removed), a
+        # read-only or unreadable path, too many open files -- one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG}: error: {os.strerror(exc.errno)}{where}", file=sys.stderr)
         return 1
     except Exception as exc:
         traceback.print_exc()

@@ -227,3 +227,17 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(
     assert capsys.readouterr().err == ""
     replay(ztf_alert_files[:3], tmp_path / "b.jsonl", progress=True)
     assert "alerts" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to fill a disk")
+def test_replay_onto_a_full_disk_is_one_line_and_leaves_nothing(ztf_alert_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC while writing: exit 1, one line naming the cause, no traceback, no partial output."""
+    from broker_plugin.cli import main
+
+    out = tmp_path / "night.jsonl"
+    (tmp_path / "night.jsonl.partial").symlink_to("/dev/full")  # every write: No space left on device
+    assert main(["replay", str(ztf_alert_dir), "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "No space left on device" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "night.jsonl.partial").exists()
