@@ -141,11 +141,13 @@ def merge_limits(packet: Mapping[str, UpperLimits], stored: Limits, mjd: float) 
 
 
 def merge_alert(alert: Alert, stored: Points, limits: Limits | None = None, *, cross_survey: bool = False,
-                window_days: float | None = None, aggregates: Mapping[str, float] | None = None) -> None:
+                window_days: float | None = None, aggregates: Mapping[str, float] | None = None,
+                packet: Points | None = None) -> None:
     """Replace ``alert``'s light curves by their merge with ``stored`` (its object's points), in place.
 
     Sets ``alert.history``; adds :data:`KIND_MISMATCH_FLAG` where stored points had to be left out.
     ``aggregates``: the store's latest survey aggregates of the object, used when the packet has none.
+    ``packet``: :func:`~broker_plugin.history.points.alert_points` of the alert, when the caller has it.
     With nothing stored that the alert may see, its light curves are left exactly as the packet's.
     """
     if aggregates and not alert.aggregates:
@@ -157,7 +159,8 @@ def merge_alert(alert: Alert, stored: Points, limits: Limits | None = None, *, c
     if mask is None or not mask.any():
         alert.history = packet_history(alert.lightcurves)
         return
-    lcs, history, mismatched = merge_points(alert.lightcurves, alert_points(alert), stored.take(mask),
+    own = packet if packet is not None else alert_points(alert)  # the stage has it already
+    lcs, history, mismatched = merge_points(alert.lightcurves, own, stored.take(mask),
                                             alert.survey)
     alert.lightcurves = lcs
     alert.history = history

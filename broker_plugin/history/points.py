@@ -79,7 +79,7 @@ class Points:
         i, f = np.empty(0, dtype=np.int8), np.empty(0, dtype=np.float64)
         return cls(i, i, i, f, f, f, f)
 
-    def take(self, idx: np.ndarray) -> Points:
+    def take(self, idx: np.ndarray | slice) -> Points:
         return Points(self.band[idx], self.kind[idx], self.origin[idx], self.mjd[idx], self.flux[idx],
                       self.flux_err[idx], self.seen[idx])
 
@@ -90,7 +90,10 @@ class Points:
             return cls.empty()
         if len(parts) == 1:
             return parts[0]
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__slots__))
+        c = np.concatenate
+        return cls(c([p.band for p in parts]), c([p.kind for p in parts]), c([p.origin for p in parts]),
+                   c([p.mjd for p in parts]), c([p.flux for p in parts]), c([p.flux_err for p in parts]),
+                   c([p.seen for p in parts]))
 
 
 @dataclass(slots=True)

@@ -103,7 +103,7 @@ def _split(oids: np.ndarray, cols: Any, found: dict[int, StoredObject], attr: st
     for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
         obj = found.get(int(oids[a]))
         if obj is not None:
-            setattr(obj, attr, cols.take(np.arange(a, b)))
+            setattr(obj, attr, cols.take(slice(a, b)))  # views of the fetched arrays: no copy
 
 
 def _first_line(exc: BaseException) -> str:

@@ -188,7 +188,7 @@ class HistoryStage:
             for m in group:
                 aggregates = _latest_aggregates(obj, m.alert)
                 merge_alert(m.alert, points, limits, cross_survey=self.cross_survey, window_days=self.window_days,
-                            aggregates=aggregates)
+                            aggregates=aggregates, packet=m.points)
 
     # -- what to write ---------------------------------------------------------------------------
 
