@@ -319,3 +319,20 @@ def test_the_retention_window_limits_what_an_alert_reads() -> None:
     b = _alert(packet, 1000.0)
     merge_alert(b, stored)
     assert b.lightcurves["g"].mjd.tolist() == [100.0, 700.0, 990.0, 1000.0]
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_cross_survey_joins_a_rubin_alert_to_the_ztf_object_only_when_asked(cross: bool) -> None:
+    store = open_store(None, cross_survey=cross)
+    stage = HistoryStage(store)
+    ztf = _alert({"g": _lc("g", [100.0, 110.0], [1000.0, 1010.0])}, 110.0)
+    stage.write(stage.merge([ztf]))
+    rubin = Alert("lsst", "170000000001", "2", 10.0, 20.0 + 0.5 / 3600.0, 200.0, "g", "11.0", {},
+                  lightcurves={"g": _lc("g", [200.0], [1005.0])})
+    stage.write(stage.merge([rubin]))
+    if cross:
+        assert rubin.history["other_survey"] == {"g": 2} and len(rubin.lightcurves["g"]) == 3
+        assert store.find("170000000001") == store.find("ZTFtest")
+    else:
+        assert rubin.history["other_survey"] == {} and len(rubin.lightcurves["g"]) == 1
+        assert store.find("170000000001") != store.find("ZTFtest")
