@@ -130,17 +130,22 @@ def lightcurve_points(lightcurves: dict[str, LightCurve], origin: int, seen: flo
     """The points of per-band light curves (bands outside :data:`BANDS` are not kept).
 
     ``seen`` None means each point's own time (data-release rows: known since they were taken).
+    One concatenation per column for all bands (this runs once per alert of every batch).
     """
-    parts = []
-    for name, lc in lightcurves.items():
-        code = BAND_CODE.get(name)
-        n = len(lc)
-        if code is None or n == 0:
-            continue
-        s = lc.mjd if seen is None else np.full(n, seen)
-        parts.append(Points(np.full(n, code, dtype=np.int8), np.full(n, kind_code(lc.kind), dtype=np.int8),
-                            np.full(n, origin, dtype=np.int8), lc.mjd, lc.flux, lc.flux_err, s))
-    return Points.concat(parts)
+    named = [(BAND_CODE[name], lc) for name, lc in lightcurves.items() if name in BAND_CODE and len(lc)]
+    if not named:
+        return Points.empty()
+    lcs = [lc for _, lc in named]
+    counts = [len(lc) for lc in lcs]
+    c = np.concatenate
+    band = np.repeat(np.array([code for code, _ in named], dtype=np.int8), counts)
+    kind = np.repeat(np.array([kind_code(lc.kind) for lc in lcs], dtype=np.int8), counts)
+    mjd = lcs[0].mjd if len(lcs) == 1 else c([lc.mjd for lc in lcs])
+    n = mjd.shape[0]
+    return Points(band, kind, np.full(n, origin, dtype=np.int8), mjd,
+                  lcs[0].flux if len(lcs) == 1 else c([lc.flux for lc in lcs]),
+                  lcs[0].flux_err if len(lcs) == 1 else c([lc.flux_err for lc in lcs]),
+                  mjd if seen is None else np.full(n, seen))
 
 
 def limit_points(limits: dict[str, UpperLimits], seen: float) -> Limits:
