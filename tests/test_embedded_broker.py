@@ -307,3 +307,19 @@ def test_a_port_whose_old_connections_sit_in_time_wait_can_be_reused() -> None:
         listener.listen()
         with pytest.raises(ConfigError, match="already in use"):
             EmbeddedBroker(port=listener.getsockname()[1]).start()
+
+
+def test_stop_works_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A process started in the background by a shell inherits SIGINT ignored, and so did the broker
+    child: stop's SIGINT was ignored and every stop waited its 5 s timeout before the SIGKILL."""
+    import signal
+    import subprocess
+
+    fake = _script(tmp_path, "exec sleep 30")
+    code = ("import time\nfrom broker_plugin.broker.embedded import EmbeddedBroker, EmbeddedBrokerError\n"
+            f"b = EmbeddedBroker(binary={str(fake)!r}, startup_timeout=0.5)\nt0 = time.monotonic()\n"
+            "try:\n    b.start()\nexcept EmbeddedBrokerError:\n    pass\nprint(time.monotonic() - t0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 4.0

@@ -270,7 +270,7 @@ class EmbeddedBroker:
             try:
                 # Same process group as us: Ctrl-C or a CI job's group kill reaches it as well.
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
-                                              stderr=subprocess.STDOUT, env=env)
+                                              stderr=subprocess.STDOUT, env=env, preexec_fn=_default_stop_signals)
             except OSError as exc:
                 raise EmbeddedBrokerError(f"cannot run broker binary {binary}: {exc.strerror or exc}") from None
 
@@ -353,6 +353,18 @@ def _stop_all_at_exit() -> None:
     for broker in list(_RUNNING):
         with contextlib.suppress(Exception):
             broker.stop(timeout=2.0)
+
+
+def _default_stop_signals() -> None:
+    """In the broker's child process: SIGINT and SIGTERM back to their default action.
+
+    A process started in the background by a non-interactive shell (``cmd &``, nohup, many CI
+    runners) inherits SIGINT *ignored*, and an ignored disposition survives exec: the broker then
+    ignored the SIGINT that :meth:`EmbeddedBroker.stop` sends and every stop waited its full timeout
+    before the SIGKILL.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _PortLost(Exception):
