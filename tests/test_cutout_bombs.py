@@ -232,3 +232,17 @@ def test_a_batch_of_eight_bombs_stays_small(ztf_alert_files: list[Path], bomb: b
     assert report["records"] == 8
     assert all(FLAG_DROPPED_SIZE in f for f in report["flags"])
     assert report["growth_kb"] < 200 * 1024, f"peak RSS grew {report['growth_kb'] / 1024:.0f} MiB"
+
+
+def test_bombs_do_not_spend_the_budget_of_the_real_alerts_after_them(
+    ztf_alert_files: list[Path], bomb: bytes, annotator: Any
+) -> None:
+    """Twenty bombs, then real alerts, under a budget that holds only the real alerts' stamps: the
+    bombs are refused at the pixel bound without being charged, so the real alerts keep their cutouts."""
+    real = [p.read_bytes() for p in ztf_alert_files[:3]]
+    per_alert = [sum(len(gzip.decompress(s)) for s in decode_alert(b).cutouts.values() if s) for b in real]
+    bombs = [_rewrite(ztf_alert_files[0], bomb)] * 20
+    out = _process(annotator, bombs + real, budget=sum(per_alert) + 1024)
+    assert all(FLAG_DROPPED_SIZE in r["flags"] for r in out.records[:20])
+    for rec in out.records[20:]:
+        assert FLAG_DROPPED_BUDGET not in rec["flags"] and FLAG_DROPPED_SIZE not in rec["flags"]

@@ -255,16 +255,13 @@ def _inflate(buf: bytes, max_pixels: int | None, budget: InflateBudget | None) -
     """:func:`_gunzip` within the pixel cap's :func:`inflate_bound` and what ``budget`` has left.
 
     Over the pixel bound: :class:`CutoutSizeError`; over the budget (when it is the tighter bound):
-    :class:`CutoutBudgetError`. The bytes inflated (the bound, for a refused bomb) are charged.
+    :class:`CutoutBudgetError`. The bytes of a stamp that is kept are charged; a stamp refused at the
+    pixel bound is not: its buffer is freed at once and the bound already limits each one, so a batch
+    full of bombs cannot spend the budget and take the cutouts of the real alerts after them.
     """
     cap = MAX_STAMP_BYTES if max_pixels is None else min(MAX_STAMP_BYTES, inflate_bound(max_pixels))
     if budget is None or budget.remaining >= cap:
-        try:
-            out = _gunzip(buf, cap)
-        except CutoutSizeError:
-            if budget is not None:
-                budget.charge(cap)
-            raise
+        out = _gunzip(buf, cap)  # a CutoutSizeError (a bomb) is not charged: see the docstring
     else:
         left = budget.remaining
         if left <= 0:  # zlib reads max_length 0 as "no limit": never pass it
