@@ -254,8 +254,13 @@ def test_sigterm_during_start_up_exits_0_promptly(tmp_path: Path) -> None:
     log_path = tmp_path / "start.log"
     with open(log_path, "wb") as log_file:
         proc = _start(path, stderr=log_file)
-        wait_for(lambda: "not reachable yet" in log_path.read_text(), 30, "the start-up waiting for its store")
-        code, took = _stop(proc, within=5.0)
+        try:
+            wait_for(lambda: "not reachable yet" in log_path.read_text(), 30, "the start-up waiting for its store")
+            code, took = _stop(proc, within=5.0)
+        finally:  # never leave the worker behind when the test fails
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert code == 0 and took < 5.0, log_path.read_text()[-2000:]
     assert "stopped during start-up" in log_path.read_text()
 
