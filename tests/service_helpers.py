@@ -7,6 +7,7 @@ subprocess when a test needs signals or ``kill -9``.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -254,3 +255,27 @@ def same(x: Any, y: Any) -> bool:
     if isinstance(x, list | tuple) and isinstance(y, list | tuple):
         return len(x) == len(y) and all(same(a, b) for a, b in zip(x, y, strict=True))
     return bool(x == y)
+
+
+def log_events(log_path: Path, name: str | None = None) -> list[dict[str, Any]]:
+    """The service's JSON log lines in ``log_path`` (those whose ``event`` is ``name``, if given)."""
+    out = []
+    for line in log_path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and (name is None or entry.get("event") == name):
+            out.append(entry)
+    return out
+
+
+def worker_assignments(log_path: Path) -> dict[str, list[str]]:
+    """Each worker's current partitions, replayed from its assign/revoke log events."""
+    latest: dict[str, list[str]] = {}
+    for entry in log_events(log_path):
+        if entry.get("event") == "assign":
+            latest[entry["worker"]] = entry["partitions"]
+        elif entry.get("event") == "revoke":
+            latest.pop(entry["worker"], None)
+    return latest

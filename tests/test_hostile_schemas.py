@@ -37,6 +37,7 @@ from broker_plugin.decode.schemas import (
     schema_id,
 )
 from broker_plugin.errors import DECODE_REASONS, DecodeError
+from broker_plugin.stream.avro_container import encode_long
 
 REPO = Path(__file__).resolve().parent.parent
 ZTF_FILE = "ztfavro_472263571115115000_v3.3.avro"
@@ -47,25 +48,15 @@ RECURSIVE = {"type": "record", "name": "alert", "namespace": "ztf",
              "fields": [{"name": "self", "type": ["null", "alert"]}, {"name": "objectId", "type": "string"}]}
 
 
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n & ~0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _hand_container(schema: Any, body: bytes) -> bytes:
     """An object container of one record whose body is given as bytes (fastavro could not write it:
     its own writer overflows on the nesting)."""
     meta = {b"avro.schema": json.dumps(schema).encode(), b"avro.codec": b"null"}
-    head = b"Obj\x01" + _zigzag(len(meta))
+    head = b"Obj\x01" + encode_long(len(meta))
     for k, v in meta.items():
-        head += _zigzag(len(k)) + k + _zigzag(len(v)) + v
+        head += encode_long(len(k)) + k + encode_long(len(v)) + v
     sync = bytes(range(16))
-    return head + _zigzag(0) + sync + _zigzag(1) + _zigzag(len(body)) + body + sync
+    return head + encode_long(0) + sync + encode_long(1) + encode_long(len(body)) + body + sync
 
 
 def _deep_recursive_container() -> bytes:

@@ -4,7 +4,6 @@ PostgreSQL leave the rows one worker leaves."""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sqlite3
@@ -30,6 +29,7 @@ from tests.service_helpers import (
     make_config,
     produce,
     wait_for,
+    worker_assignments,
 )
 
 pytest_plugins = ["tests.kafka_fixtures"]
@@ -83,21 +83,6 @@ def _rows(store: Any) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
-def _assignments(log_path: Path) -> dict[str, list[str]]:
-    """Each worker's current partitions, from the service's JSON log lines."""
-    latest: dict[str, list[str]] = {}
-    for line in log_path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("event") == "assign":
-            latest[entry["worker"]] = entry["partitions"]
-        elif entry.get("event") == "revoke":
-            latest.pop(entry["worker"], None)
-    return latest
-
-
 def test_two_workers_of_one_group_on_postgres_store_what_one_worker_stores(
         kafka_broker: EmbeddedBroker, ztf: list[bytes], postgres_url: str, postgres_server: Any,
         tmp_path: Path) -> None:
@@ -118,7 +103,7 @@ def test_two_workers_of_one_group_on_postgres_store_what_one_worker_stores(
         proc = subprocess.Popen([sys.executable, "-m", "broker_plugin", "run", "--config", str(path), "--workers",
                                  "2"], stdout=subprocess.DEVNULL, stderr=log_file)
         try:
-            wait_for(lambda: sorted(len(v) for v in _assignments(log_path).values()) == [2, 2], 60,
+            wait_for(lambda: sorted(len(v) for v in worker_assignments(log_path).values()) == [2, 2], 60,
                      "two workers holding two partitions each")
             produce(kafka_broker.bootstrap, topic, [(f"k{i % 7}".encode(), v) for i, v in enumerate(ordered)])
             drain_topic(kafka_broker.bootstrap, cfg.kafka.output_topic, min_count=len(ztf), timeout=60)

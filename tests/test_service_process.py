@@ -27,10 +27,12 @@ from tests.service_helpers import (
     config_yaml,
     drain_topic,
     headers_of,
+    log_events,
     make_config,
     next_offsets,
     produce,
     wait_for,
+    worker_assignments,
 )
 
 pytest_plugins = ["tests.kafka_fixtures"]
@@ -159,20 +161,7 @@ def test_two_workers_share_partitions_and_drain_on_sigterm(kafka_broker: Embedde
     with open(log_path, "wb") as log_file:
         proc = _start(path, "--workers", "2", stderr=log_file)
         try:
-            def assignments() -> dict[str, list[str]]:
-                latest: dict[str, list[str]] = {}
-                for line in log_path.read_text().splitlines():
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
-                    if entry.get("event") == "assign":
-                        latest[entry["worker"]] = entry["partitions"]
-                    elif entry.get("event") == "revoke":
-                        latest.pop(entry["worker"], None)
-                return latest
-
-            wait_for(lambda: sorted(len(v) for v in assignments().values()) == [2, 2], 40,
+            wait_for(lambda: sorted(len(v) for v in worker_assignments(log_path).values()) == [2, 2], 40,
                      "two workers holding two partitions each")
             items = [(_key(d), d) for _, d in ztf_alerts] * 2
             produce(bootstrap, topic, items)
@@ -180,7 +169,7 @@ def test_two_workers_share_partitions_and_drain_on_sigterm(kafka_broker: Embedde
         finally:
             code, took = _stop(proc)
     assert code == 0 and took < 10, log_path.read_text()[-2000:]
-    final = assignments()
+    final = worker_assignments(log_path)
     assert set(final) <= {"0/2", "1/2"}
     encoder, annotator = OutputEncoder(), Annotator(load_model_stage(None))  # what the workers load
     expected = set()
@@ -211,15 +200,7 @@ def test_a_dead_worker_is_restarted_and_the_others_keep_running(kafka_broker: Em
     log_path = tmp_path / "workers.log"
 
     def events(name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in log_path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == name:
-                out.append(entry)
-        return out
+        return log_events(log_path, name)
 
     with open(log_path, "wb") as log_file:
         proc = _start(path, "--workers", "2", stderr=log_file)

@@ -30,18 +30,16 @@ from typing import Protocol
 import numpy as np
 
 from broker_plugin.alert import LightCurve
+from broker_plugin.history.planning import Fresh, fresh_match, key_starts, needed
 from broker_plugin.history.points import (
     BAND_CODE,
-    DATA_RELEASE_ORIGINS,
     ORIGIN_ZTF_DR,
-    PRIO_ALERT,
     PRIO_DR,
-    Points,
     kind_code,
     time_key,
 )
-from broker_plugin.history.sky import cone_ranges, object_key, separation_arcsec, zone_of
-from broker_plugin.history.store import SURVEY_CODE, Batch, HistoryStore, Probe, StoredObject, new_object_row
+from broker_plugin.history.sky import object_key, zone_of
+from broker_plugin.history.store import SURVEY_CODE, Batch, HistoryStore, Probe, new_object_row
 
 #: Alias survey of data-release sources.
 DR_SURVEY = "ztf_dr"
@@ -95,14 +93,14 @@ def _import_chunk(store: HistoryStore, chunk: list[tuple[str, Mapping[str, Light
     oids, found = store.read(probes)
     named = store._aliases(probes)  # which probes were found by their own name (the rest: by position)
     batch = Batch()
-    fresh: dict[int, list[tuple[float, float, int]]] = {}
+    fresh: Fresh = {}
     oid_of: list[int] = []
     for probe, oid, (_, lcs) in zip(probes, oids, chunk, strict=True):
         if oid is None:
-            oid = _fresh_match(fresh, probe, store.radius_arcsec)
+            oid = fresh_match(fresh, probe, store.radius_arcsec)
         if oid is None:
             oid = object_key(DR_SURVEY, probe.name)
-            fresh.setdefault(zone_of(probe.dec), []).append((probe.ra, probe.dec, oid))
+            fresh.setdefault(zone_of(probe.dec), []).append((probe.ra, probe.dec, oid, DR_SURVEY))
             counts.objects_new += 1
         elif (SURVEY_CODE[DR_SURVEY], probe.name) not in named:
             counts.associated += 1
@@ -114,7 +112,7 @@ def _import_chunk(store: HistoryStore, chunk: list[tuple[str, Mapping[str, Light
         oid_of.append(oid)
     cols = _point_columns([(oid, lcs) for oid, (_, lcs) in zip(oid_of, chunk, strict=True)])
     if cols is not None:
-        cols = _needed(cols, found)
+        cols = needed(cols, found)
         batch.point_cols = cols
         counts.points = int(cols[0].size)
     if not batch.is_empty():
@@ -127,19 +125,6 @@ def _first_mjd(lcs: Mapping[str, LightCurve]) -> float:
     """The time of a source's first point (the store's default, later than any, when it has none)."""
     firsts = [float(np.min(lc.mjd)) for lc in lcs.values() if len(lc)]
     return min(firsts) if firsts else 1e9
-
-
-def _fresh_match(fresh: dict[int, list[tuple[float, float, int]]], probe: Probe, radius: float) -> int | None:
-    """A new object of this chunk within ``radius`` of ``probe`` (sources of one file are apart by
-    construction; a named-source table may hold two names at one position)."""
-    best: tuple[float, int] | None = None
-    for zone, lo, hi in cone_ranges(probe.ra, probe.dec, radius):
-        for ra, dec, oid in fresh.get(zone, ()):
-            if lo <= ra <= hi:
-                d = separation_arcsec(probe.ra, probe.dec, ra, dec)
-                if d <= radius and (best is None or (d, oid) < best):
-                    best = (d, oid)
-    return None if best is None else best[1]
 
 
 def _point_columns(sources: list[tuple[int, Mapping[str, LightCurve]]]) -> tuple[np.ndarray, ...] | None:
@@ -163,36 +148,10 @@ def _point_columns(sources: list[tuple[int, Mapping[str, LightCurve]]]) -> tuple
     tkey = time_key(mjd)
     order = np.lexsort((flux, err, tkey, bk, oid))
     oid, bk, tkey, mjd, flux, err = oid[order], bk[order], tkey[order], mjd[order], flux[order], err[order]
-    first = np.r_[True, (oid[1:] != oid[:-1]) | (bk[1:] != bk[:-1]) | (tkey[1:] != tkey[:-1])]
-    n = int(first.sum())
+    first = key_starts(oid, bk, tkey)
+    n = first.size
     return (oid[first], bk[first], tkey[first], np.full(n, ORIGIN_ZTF_DR, dtype=np.int16),
             np.full(n, PRIO_DR, dtype=np.int16), mjd[first], flux[first], err[first], mjd[first].copy())
-
-
-def _needed(cols: tuple[np.ndarray, ...], found: dict[int, StoredObject]) -> tuple[np.ndarray, ...]:
-    """The rows the store lacks, holds seen later, or holds a worse measurement of (the store's
-    upsert rule), so a second import of the same file writes nothing."""
-    oid, bk, tkey, _origin, prio, _mjd, flux, err, seen = cols
-    stored: dict[tuple[int, int, int], tuple[float, float, float, float]] = {}
-    for o, obj in found.items():
-        pts: Points = obj.points
-        if not len(pts):
-            continue
-        s_bk = (pts.band.astype(np.int64) * 2 + pts.kind).tolist()
-        s_tk = time_key(pts.mjd).tolist()
-        s_prio = np.where(np.isin(pts.origin, list(DATA_RELEASE_ORIGINS)), PRIO_DR, PRIO_ALERT).tolist()
-        for b, t, p, e, f, s in zip(s_bk, s_tk, s_prio, pts.flux_err.tolist(), pts.flux.tolist(), pts.seen.tolist(),
-                                    strict=True):
-            stored[(o, b, t)] = (float(p), e, f, s)
-    if not stored:
-        return cols
-    need = np.ones(oid.size, dtype=bool)
-    for i, key in enumerate(zip(oid.tolist(), bk.tolist(), tkey.tolist(), strict=True)):
-        have = stored.get(key)
-        if have is not None:
-            mine = (float(prio[i]), float(err[i]), float(flux[i]))
-            need[i] = mine < have[:3] or float(seen[i]) < have[3]
-    return tuple(c[need] for c in cols)
 
 
 __all__ = ["CHUNK_SOURCES", "DR_SURVEY", "ImportCounts", "LightCurveSetLike", "import_lightcurves"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from broker_plugin.errors import ConfigError
+from broker_plugin.history.rows import _first_line
 from broker_plugin.history.store import HistoryStore, StoreError
 from broker_plugin.redact import redact_url
 
@@ -53,10 +54,10 @@ class PostgresHistoryStore(HistoryStore):
         try:
             conn = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=False)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the history store {_redacted(url)}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot connect to the history store {redact_url(url)}: {_first_line(exc)}") from None
         super().__init__(conn, **kwargs)
         self._dsn = url
-        self.url = _redacted(url)
+        self.url = redact_url(url)
         # unreachable, restarted, deadlock/serialisation (TransactionRollback is an OperationalError),
         # or the connection object already closed (InterfaceError)
         self.transient = (psycopg.OperationalError, psycopg.InterfaceError)
@@ -144,13 +145,3 @@ def binary_copy(cols: tuple[np.ndarray, ...], types: str) -> bytes:
         rows[f"len{i}"] = _PG_TYPES[t][1]
         rows[f"v{i}"] = col
     return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _redacted(url: str) -> str:
-    """``url`` without its password (for log lines and errors)."""
-    return redact_url(url)

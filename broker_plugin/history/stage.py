@@ -24,8 +24,8 @@ import numpy as np
 
 from broker_plugin.alert import Alert, packet_history
 from broker_plugin.history.merge import merge_alert
+from broker_plugin.history.planning import Fresh, fresh_match, key_starts, needed
 from broker_plugin.history.points import (
-    ORIGIN_PRIO,
     PRIO_ALERT,
     Limits,
     Points,
@@ -33,7 +33,7 @@ from broker_plugin.history.points import (
     limit_points,
     time_key,
 )
-from broker_plugin.history.sky import cone_ranges, object_key, separation_arcsec, zone_of
+from broker_plugin.history.sky import object_key, zone_of
 from broker_plugin.history.store import (
     SURVEY_CODE,
     Batch,
@@ -145,11 +145,11 @@ class HistoryStage:
         within the radius of each other in this batch become one new object (the first name's).
         """
         out: dict[tuple[str, str], int] = {}
-        fresh: dict[int, list[tuple[float, float, int, str]]] = {}  # zone -> new objects of this batch
+        fresh: Fresh = {}  # zone -> new objects of this batch
         radius = self.store.radius_arcsec
         for (survey, name), probe, t, oid in zip(keys, probes, times, oids, strict=True):
             if oid is None:
-                oid = self._fresh_match(fresh, probe, radius)
+                oid = fresh_match(fresh, probe, radius, accept=lambda s, p=probe: self.cross_survey or s == p.survey)
             if oid is None:
                 oid = object_key(survey, name)
                 fresh.setdefault(zone_of(probe.dec), []).append((probe.ra, probe.dec, oid, survey))
@@ -160,18 +160,6 @@ class HistoryStage:
             batch.aliases.append((SURVEY_CODE[survey], name, oid))
             out[(survey, name)] = oid
         return out
-
-    def _fresh_match(self, fresh: dict[int, list[tuple[float, float, int, str]]], probe: Probe,
-                     radius: float) -> int | None:
-        best: tuple[float, int] | None = None
-        for zone, lo, hi in cone_ranges(probe.ra, probe.dec, radius):
-            for ra, dec, oid, survey in fresh.get(zone, ()):
-                if not (lo <= ra <= hi) or (not self.cross_survey and survey != probe.survey):
-                    continue
-                d = separation_arcsec(probe.ra, probe.dec, ra, dec)
-                if d <= radius and (best is None or (d, oid) < best):
-                    best = (d, oid)
-        return None if best is None else best[1]
 
     # -- merging ---------------------------------------------------------------------------------
 
@@ -193,11 +181,9 @@ class HistoryStage:
     # -- what to write ---------------------------------------------------------------------------
 
     def _plan_writes(self, members: list[_Member], found: dict[int, StoredObject], batch: Batch) -> None:
-        index = {oid: i for i, oid in enumerate(sorted({m.oid for m in members}))}
         new = _point_columns(members)
         if new is not None:
-            stored = _stored_columns(found, index)
-            batch.point_cols = _needed(new, stored, index)
+            batch.point_cols = needed(new, found)
         lim = _limit_columns(members)
         if lim is not None:
             batch.limit_cols = lim
@@ -227,48 +213,12 @@ def _point_columns(members: Sequence[_Member]) -> tuple[np.ndarray, ...] | None:
     tkey = time_key(pts.mjd)
     order = np.lexsort((pts.flux, pts.flux_err, tkey, bk, oid))
     oid, bk, tkey, pts = oid[order], bk[order], tkey[order], pts.take(order)
-    first = np.r_[True, (oid[1:] != oid[:-1]) | (bk[1:] != bk[:-1]) | (tkey[1:] != tkey[:-1])]
-    starts = np.flatnonzero(first)
+    starts = key_starts(oid, bk, tkey)
     seen = np.minimum.reduceat(pts.seen, starts)
     keep = pts.take(starts)
     prio = np.full(starts.size, PRIO_ALERT, dtype=np.int16)
     return (oid[starts], bk[starts], tkey[starts], keep.origin.astype(np.int16), prio, keep.mjd, keep.flux,
             keep.flux_err, seen)
-
-
-def _stored_columns(found: dict[int, StoredObject], index: dict[int, int]) -> tuple[np.ndarray, ...]:
-    """composite key, seen, prio, flux_err, flux of the stored points of the batch's objects."""
-    parts = [(index[o], obj.points) for o, obj in found.items() if o in index and len(obj.points)]
-    if not parts:
-        e = np.empty(0)
-        return np.empty(0, dtype=np.int64), e, e, e, e
-    pts = Points.concat([p for _, p in parts])
-    idx = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in parts])
-    comp = _composite(idx, pts.band.astype(np.int64) * 2 + pts.kind, time_key(pts.mjd))
-    prio = ORIGIN_PRIO[pts.origin].astype(np.float64)
-    order = np.argsort(comp, kind="stable")
-    return comp[order], pts.seen[order], prio[order], pts.flux_err[order], pts.flux[order]
-
-
-def _composite(idx: np.ndarray, bk: np.ndarray, tkey: np.ndarray) -> np.ndarray:
-    """One int64 per (batch object, band and kind, exposure): 19 + 4 + 40 bits."""
-    return (idx.astype(np.int64) << 44) | (bk.astype(np.int64) << 40) | (tkey.astype(np.int64) & ((1 << 40) - 1))
-
-
-def _needed(new: tuple[np.ndarray, ...], stored: tuple[np.ndarray, ...],
-            index: dict[int, int]) -> tuple[np.ndarray, ...]:
-    """The rows of ``new`` the store lacks, holds later, or holds a worse measurement of."""
-    oid, bk, tkey, _origin, prio, _mjd, flux, err, seen = new
-    s_comp, s_seen, s_prio, s_err, s_flux = stored
-    if s_comp.size == 0:
-        return new
-    comp = _composite(np.array([index[int(o)] for o in oid.tolist()], dtype=np.int64), bk, tkey)
-    pos = np.minimum(np.searchsorted(s_comp, comp), s_comp.size - 1)
-    exists = s_comp[pos] == comp
-    better = (prio < s_prio[pos]) | ((prio == s_prio[pos]) & ((err < s_err[pos]) | ((err == s_err[pos])
-                                                                                   & (flux < s_flux[pos]))))
-    need = ~exists | (seen < s_seen[pos]) | better
-    return tuple(c[need] for c in new)
 
 
 def _limit_columns(members: Sequence[_Member]) -> tuple[np.ndarray, ...] | None:
@@ -281,7 +231,6 @@ def _limit_columns(members: Sequence[_Member]) -> tuple[np.ndarray, ...] | None:
     band = lim.band.astype(np.int16)
     order = np.lexsort((-lim.limit_mag, tkey, band, oid))
     oid, band, tkey, lim = oid[order], band[order], tkey[order], lim.take(order)
-    first = np.r_[True, (oid[1:] != oid[:-1]) | (band[1:] != band[:-1]) | (tkey[1:] != tkey[:-1])]
-    starts = np.flatnonzero(first)
+    starts = key_starts(oid, band, tkey)
     seen = np.minimum.reduceat(lim.seen, starts)
     return oid[starts], band[starts], tkey[starts], lim.mjd[starts], lim.limit_mag[starts], seen
